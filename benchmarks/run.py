@@ -1,0 +1,122 @@
+"""Benchmarks of tf-text2image, each row measured side by side in one run.
+
+    python benchmarks/run.py            # prints one Markdown table (the README shows its output)
+    python benchmarks/run.py --quick    # fewer repeats, for a smoke check
+
+Rows:
+- rendering: the fast renderer vs a new pyplot figure per image (the original's way), on fresh
+  random level-2 texts with the mask cache cleared, so every image is drawn from scratch;
+- input pipeline: images/s that `make_dataset` delivers vs images/s a training step consumes;
+- training: images/s with the live pipeline vs from one in-memory batch (the pipeline's overhead);
+- generate: single-image latency of `generate` (median and 95th percentile), if weights exist.
+"""
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import t2i_utils as u  # noqa: E402
+
+
+def bench_render(rounds, n):
+    for c, s in u.sample_texts(30, 2, seed=999):  # load fonts and warm both paths up
+        u.render(c, s)
+        u.render_pyplot_per_figure(c, s)
+    fast, slow = [], []
+    for r in range(rounds):
+        texts = u.sample_texts(n, 2, seed=r)
+        u.glyph_mask.cache_clear()
+        t0 = time.perf_counter()
+        for c, s in texts:
+            u.render(c, s)
+        fast.append((time.perf_counter() - t0) / n)
+        t0 = time.perf_counter()
+        for c, s in texts:
+            u.render_pyplot_per_figure(c, s)
+        slow.append((time.perf_counter() - t0) / n)
+    ratios = [s / f for s, f in zip(slow, fast)]
+    return statistics.median(fast), statistics.median(slow), statistics.median(ratios)
+
+
+def bench_pipeline(batches, batch_size=32):
+    it = iter(u.make_dataset(batch_size=batch_size, level=2, seed=1))
+    for _ in range(3):
+        next(it)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches * batch_size / (time.perf_counter() - t0)
+
+
+def bench_training(steps, batch_size=32):
+    """Images/s of the same fit() loop fed by the live pipeline and by one in-memory batch,
+    alternated in blocks so both see the same machine load."""
+    import keras
+    keras.utils.set_random_seed(0)
+    model = u.compile_generator(u.build_generator())
+    state = u.TrainingState(level=2)
+    live = u.epoch_dataset(state, steps, batch_size, seed=0)
+    x, y = next(iter(live))
+    memory = tf.data.Dataset.from_tensors((x, y)).repeat(steps)
+    model.fit(memory.take(3), verbose=0)  # build and trace once
+    model.fit(live.take(3), verbose=0)
+    rates = {"live": [], "memory": []}
+    for _ in range(3):
+        for name, ds in (("live", live), ("memory", memory)):
+            t0 = time.perf_counter()
+            model.fit(ds, verbose=0)
+            rates[name].append(steps * batch_size / (time.perf_counter() - t0))
+    return statistics.median(rates["live"]), statistics.median(rates["memory"])
+
+
+def bench_generate(n):
+    path = u.DEFAULT_GENERATOR_PATH
+    if not os.path.exists(path):
+        return None
+    generator = u.load_generator(path)
+    texts = u.sample_texts(n + 5, 2, seed=3, split="heldout")
+    for c, s in texts[:5]:
+        u.generate(generator, c, s)
+    times = []
+    for c, s in texts[5:]:
+        t0 = time.perf_counter()
+        u.generate(generator, c, s)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), float(np.percentile(times, 95))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    q = args.quick
+    rows = []
+    fast, slow, ratio = bench_render(rounds=2 if q else 5, n=100 if q else 300)
+    rows.append(("rendering, fresh level-2 texts", f"fast {fast * 1e3:.2f} ms/image",
+                 f"pyplot figure per image {slow * 1e3:.2f} ms/image", f"{ratio:.1f}x faster"))
+    live, memory = bench_training(steps=10 if q else 30)
+    pipe = bench_pipeline(10 if q else 40)
+    rows.append(("input pipeline vs training need", f"pipeline {pipe:.0f} images/s",
+                 f"training consumes {memory:.0f} images/s", f"{pipe / memory:.1f}x headroom"))
+    rows.append(("training images/s", f"live pipeline {live:.0f}", f"in-memory batch {memory:.0f}",
+                 f"pipeline costs {100 * (1 - live / memory):+.1f} %"))
+    gen = bench_generate(20 if q else 200)
+    if gen:
+        rows.append(("generate latency, one image", f"median {gen[0] * 1e3:.1f} ms",
+                     f"95th percentile {gen[1] * 1e3:.1f} ms", ""))
+    print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}, TensorFlow {tf.__version__}\n")
+    print("| benchmark | ours | reference | result |\n|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1313 @@
+"""Support module for the tf-text2image notebooks.
+
+Everything reusable lives here; the notebooks show the ideas and call these functions.
+Sections follow the notebook order, and every docstring names the notebook that introduces it:
+
+1. The text grammar (chars and spec), parsing and encoders ........ 01_data_synthesis
+2. Rendering: the matplotlib reference and the fast coloured-mask path  01_data_synthesis
+3. Sampling, the curriculum levels, the held-out rule, tf.data ..... 01_data_synthesis
+4. The loss made for tanh ........................................... 00_tanh_loss
+5. Symbolic checks used to audit the loss derivation ................ 00_tanh_loss
+
+Bad input (chars or spec) is rejected by plain Python checks with a message that names the
+offending token, before any TensorFlow op runs.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+import threading
+import zlib
+from dataclasses import dataclass
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
+
+import keras  # noqa: E402
+import matplotlib  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import sympy as sp  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from keras import ops  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.colors import to_rgb  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.font_manager import FontProperties  # noqa: E402
+
+# =====================================================================================
+# 1. The text grammar                                        (Introduced in 01_data_synthesis)
+# =====================================================================================
+
+#: The characters `chars` may contain: digits, lower case, upper case (62 in all).
+ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+#: The most characters one image holds.
+MAX_CHARS = 3
+#: Matplotlib's named colours (note: 'green' is (0, 0.5, 0), not (0, 1, 0)).
+COLORS = ("blue", "green", "red", "cyan", "magenta", "yellow", "black", "white")
+FONT_FAMILIES = ("sans-serif", "serif", "monospace")
+FONT_WEIGHTS = ("normal", "bold")
+FONT_STYLES = ("normal", "italic")
+
+#: The spec keys in their canonical order, with the values each allows.
+SPEC_VALUES = {
+    "color": COLORS,
+    "backgroundcolor": COLORS,
+    "fontfamily": FONT_FAMILIES,
+    "fontweight": FONT_WEIGHTS,
+    "fontstyle": FONT_STYLES,
+}
+SPEC_KEYS = tuple(SPEC_VALUES)
+#: Values taken by keys that a spec leaves out.
+SPEC_DEFAULTS = {
+    "color": "black",
+    "backgroundcolor": "white",
+    "fontfamily": "sans-serif",
+    "fontweight": "normal",
+    "fontstyle": "normal",
+}
+#: The 12 (family, weight, style) combinations, in a fixed order.
+FONTS = tuple(itertools.product(FONT_FAMILIES, FONT_WEIGHTS, FONT_STYLES))
+
+_SPEC_EXAMPLE = "color red, backgroundcolor blue, fontfamily serif"
+
+
+def validate_chars(chars) -> str:
+    """Return `chars` unchanged if it is 1..MAX_CHARS characters of ALPHABET, else raise.
+
+    Raises TypeError for a non-string and ValueError naming the offending character (and its
+    position) otherwise. Introduced in 01_data_synthesis.
+    """
+    if not isinstance(chars, str):
+        raise TypeError(f"chars must be a str, got {type(chars).__name__} {chars!r}")
+    if len(chars) == 0:
+        raise ValueError(f"chars is empty: give 1 to {MAX_CHARS} characters from 0-9, a-z, A-Z")
+    if len(chars) > MAX_CHARS:
+        raise ValueError(
+            f"chars {chars!r} has {len(chars)} characters: at most {MAX_CHARS} are allowed"
+        )
+    for i, c in enumerate(chars):
+        if c not in ALPHABET:
+            what = "whitespace" if c.isspace() else f"U+{ord(c):04X}"
+            raise ValueError(
+                f"chars {chars!r}: character {c!r} ({what}) at position {i} is not allowed; "
+                "allowed are the 62 characters 0-9, a-z, A-Z"
+            )
+    return chars
+
+
+def parse_spec(spec) -> dict:
+    """Parse a spec such as ``"color red, backgroundcolor blue"`` into its canonical dict.
+
+    A spec is comma-separated ``key value`` pairs in any order, case-insensitive, each key at
+    most once; keys left out take SPEC_DEFAULTS. The result has every key of SPEC_KEYS, in that
+    order. The empty spec means all defaults. Text and background colour must differ (the text
+    would be invisible). Raises TypeError/ValueError naming the offending token and what is
+    allowed. Introduced in 01_data_synthesis.
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"spec must be a str, got {type(spec).__name__} {spec!r}")
+    result = dict(SPEC_DEFAULTS)
+    if spec.strip() == "":
+        return result
+    seen = set()
+    for n, pair in enumerate(spec.split(","), start=1):
+        words = pair.split()
+        if len(words) != 2:
+            problem = "is empty" if not words else f"{pair.strip()!r} is not a 'key value' pair"
+            raise ValueError(
+                f"spec {spec!r}: pair {n} {problem}; write 'key value' pairs separated by "
+                f"commas, e.g. {_SPEC_EXAMPLE!r}"
+            )
+        key, value = words[0].lower(), words[1].lower()
+        if key not in SPEC_VALUES:
+            raise ValueError(
+                f"spec {spec!r}: unknown key {words[0]!r}; allowed keys: {', '.join(SPEC_KEYS)}"
+            )
+        if key in seen:
+            raise ValueError(f"spec {spec!r}: key {key!r} is given more than once")
+        if value not in SPEC_VALUES[key]:
+            raise ValueError(
+                f"spec {spec!r}: unknown value {words[1]!r} for {key!r}; "
+                f"allowed: {', '.join(SPEC_VALUES[key])}"
+            )
+        seen.add(key)
+        result[key] = value
+    if result["color"] == result["backgroundcolor"]:
+        raise ValueError(
+            f"spec {spec!r}: color and backgroundcolor are both {result['color']!r}, "
+            "so the text would be invisible; choose two different colours"
+        )
+    return result
+
+
+def format_spec(spec: dict, full: bool = False) -> str:
+    """Write a spec dict back as text in canonical key order.
+
+    With ``full=False`` keys at their default value are left out (the empty string means all
+    defaults); ``parse_spec(format_spec(d)) == d``. Introduced in 01_data_synthesis.
+    """
+    return ", ".join(
+        f"{k} {spec[k]}" for k in SPEC_KEYS if full or spec[k] != SPEC_DEFAULTS[k]
+    )
+
+
+# --- Encoders: text -> integer ids for the RNNs ---------------------------------------
+
+#: Id 0 pads sequences; chars ids are 1 + the position in ALPHABET.
+PAD_ID = 0
+#: Spec vocabulary: padding, the 5 keys, then every value (weight and style share 'normal').
+SPEC_VOCAB = ("<pad>",) + SPEC_KEYS + tuple(dict.fromkeys(v for k in SPEC_KEYS for v in SPEC_VALUES[k]))
+#: A spec is always encoded in full: key id then value id for each key in SPEC_KEYS order.
+SPEC_LENGTH = 2 * len(SPEC_KEYS)
+CHARS_VOCAB_SIZE = len(ALPHABET) + 1
+SPEC_VOCAB_SIZE = len(SPEC_VOCAB)
+_SPEC_TOKEN_ID = {t: i for i, t in enumerate(SPEC_VOCAB)}
+
+
+def encode_chars(chars: str) -> np.ndarray:
+    """Encode chars as int32 ids of length MAX_CHARS, right-padded with PAD_ID.
+
+    Introduced in 01_data_synthesis.
+    """
+    validate_chars(chars)
+    ids = np.zeros(MAX_CHARS, np.int32)
+    ids[: len(chars)] = [ALPHABET.index(c) + 1 for c in chars]
+    return ids
+
+
+def decode_chars(ids) -> str:
+    """Inverse of encode_chars: padding ids are dropped. Introduced in 01_data_synthesis."""
+    return "".join(ALPHABET[i - 1] for i in np.asarray(ids).tolist() if i != PAD_ID)
+
+
+def encode_spec(spec) -> np.ndarray:
+    """Encode a spec (str or canonical dict) as SPEC_LENGTH int32 ids.
+
+    The canonical order is ``color, backgroundcolor, fontfamily, fontweight, fontstyle``, each
+    key written out (defaults filled in) as its key token followed by its value token, so every
+    spec has the same length and equal specs have equal ids. Introduced in 01_data_synthesis.
+    """
+    d = parse_spec(spec) if isinstance(spec, str) else spec
+    return np.array(
+        [_SPEC_TOKEN_ID[t] for k in SPEC_KEYS for t in (k, d[k])], np.int32
+    )
+
+
+def decode_spec(ids) -> dict:
+    """Inverse of encode_spec: ids back to the canonical spec dict. Introduced in 01_data_synthesis."""
+    tokens = [SPEC_VOCAB[i] for i in np.asarray(ids).tolist() if i != PAD_ID]
+    return parse_spec(", ".join(f"{k} {v}" for k, v in zip(tokens[::2], tokens[1::2])))
+
+
+def encode_texts(texts) -> tuple[np.ndarray, np.ndarray]:
+    """Encode a list of (chars, spec) into the model inputs ``(chars_ids, spec_ids)``.
+
+    Every text is validated first, so bad input fails here with a clear message, before any
+    TensorFlow code runs. Introduced in 01_data_synthesis.
+    """
+    texts = list(texts)
+    chars_ids = np.zeros((len(texts), MAX_CHARS), np.int32)
+    spec_ids = np.zeros((len(texts), SPEC_LENGTH), np.int32)
+    for i, (chars, spec) in enumerate(texts):
+        chars_ids[i] = encode_chars(chars)
+        spec_ids[i] = encode_spec(spec)
+    return chars_ids, spec_ids
+
+
+# =====================================================================================
+# 2. Rendering                                               (Introduced in 01_data_synthesis)
+# =====================================================================================
+
+IMAGE_SIZE = 128
+#: Dots per inch of the reference figure: a 1.28 x 1.28 inch figure is 128 x 128 pixels.
+DPI = 100
+#: Font size in points: the widest string ('WWW', serif bold italic) keeps a 5-pixel margin.
+FONT_SIZE = 24
+
+_FONT_FILES = {
+    ("sans-serif", "normal", "normal"): "DejaVuSans.ttf",
+    ("sans-serif", "bold", "normal"): "DejaVuSans-Bold.ttf",
+    ("sans-serif", "normal", "italic"): "DejaVuSans-Oblique.ttf",
+    ("sans-serif", "bold", "italic"): "DejaVuSans-BoldOblique.ttf",
+    ("serif", "normal", "normal"): "DejaVuSerif.ttf",
+    ("serif", "bold", "normal"): "DejaVuSerif-Bold.ttf",
+    ("serif", "normal", "italic"): "DejaVuSerif-Italic.ttf",
+    ("serif", "bold", "italic"): "DejaVuSerif-BoldItalic.ttf",
+    ("monospace", "normal", "normal"): "DejaVuSansMono.ttf",
+    ("monospace", "bold", "normal"): "DejaVuSansMono-Bold.ttf",
+    ("monospace", "normal", "italic"): "DejaVuSansMono-Oblique.ttf",
+    ("monospace", "bold", "italic"): "DejaVuSansMono-BoldOblique.ttf",
+}
+
+
+def font_file(family: str, weight: str, style: str) -> str:
+    """Path of the DejaVu font file shipped inside matplotlib for a (family, weight, style).
+
+    Fonts come from matplotlib's own data folder, never from the system, so an image is the same
+    on every machine. Introduced in 01_data_synthesis.
+    """
+    return os.path.join(
+        matplotlib.get_data_path(), "fonts", "ttf", _FONT_FILES[(family, weight, style)]
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _font_properties(family: str, weight: str, style: str):
+    return FontProperties(fname=font_file(family, weight, style), size=FONT_SIZE)
+
+
+def color_rgb(name: str) -> np.ndarray:
+    """Matplotlib's RGB (floats in [0, 1]) for one of COLORS. Introduced in 01_data_synthesis."""
+    if name not in COLORS:
+        raise ValueError(f"unknown colour {name!r}; allowed: {', '.join(COLORS)}")
+    return np.array(to_rgb(name))
+
+
+def _new_figure(facecolor="white"):
+    fig = Figure(figsize=(IMAGE_SIZE / DPI, IMAGE_SIZE / DPI), dpi=DPI, facecolor=facecolor)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def render_matplotlib(chars: str, spec) -> np.ndarray:
+    """The reference renderer: one new matplotlib figure per image, text centred.
+
+    Returns uint8 (128, 128, 3). Slow but obviously right; `render` must agree with it.
+    Introduced in 01_data_synthesis.
+    """
+    validate_chars(chars)
+    d = parse_spec(spec) if isinstance(spec, str) else spec
+    fig = _new_figure(facecolor=d["backgroundcolor"])
+    fig.text(
+        0.5, 0.5, chars, ha="center", va="center", color=d["color"],
+        fontproperties=_font_properties(d["fontfamily"], d["fontweight"], d["fontstyle"]),
+    )
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[:, :, :3].copy()
+
+
+def render_pyplot_per_figure(chars: str, spec) -> np.ndarray:
+    """The original project's way, kept as the speed baseline: a new pyplot figure and axes per
+    image, text drawn on the axes, the canvas read back, the figure closed.
+
+    Same picture as `render_matplotlib` (tested), several times slower.
+    Introduced in 01_data_synthesis.
+    """
+    validate_chars(chars)
+    d = parse_spec(spec) if isinstance(spec, str) else spec
+    fig, ax = plt.subplots(1, figsize=(IMAGE_SIZE / DPI, IMAGE_SIZE / DPI), dpi=DPI,
+                           facecolor=d["backgroundcolor"])
+    ax.set_position([0.0, 0.0, 1.0, 1.0])
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, chars, ha="center", va="center", color=d["color"],
+            fontproperties=_font_properties(d["fontfamily"], d["fontweight"], d["fontstyle"]))
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[:, :, :3].copy()
+    plt.close(fig)
+    return image
+
+
+class _MaskRenderer:
+    """One reused figure whose single Text artist is redrawn alone on a cleared canvas.
+
+    The alpha channel of the result is the anti-aliasing coverage of the glyphs, which is all
+    that depends on (chars, font); colours are applied afterwards with numpy.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._fig = None
+
+    def coverage(self, chars: str, family: str, weight: str, style: str) -> np.ndarray:
+        with self._lock:
+            if self._fig is None:
+                self._fig = _new_figure()
+                self._text = self._fig.text(0.5, 0.5, "", ha="center", va="center", color="black")
+                self._renderer = self._fig.canvas.get_renderer()
+            self._text.set_text(chars)
+            self._text.set_fontproperties(_font_properties(family, weight, style))
+            self._renderer.clear()
+            self._text.draw(self._renderer)
+            return np.asarray(self._renderer.buffer_rgba())[:, :, 3].copy()
+
+
+_MASK_RENDERER = _MaskRenderer()
+#: How many coverage masks `glyph_mask` keeps (16 KiB each at 128 px: 64 MiB at most).
+MASK_CACHE_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=MASK_CACHE_SIZE)
+def glyph_mask(chars: str, family: str = "sans-serif", weight: str = "normal",
+               style: str = "normal") -> np.ndarray:
+    """Coverage mask (uint8, 128 x 128, 255 = fully inked) of chars in one font, cached.
+
+    Introduced in 01_data_synthesis.
+    """
+    mask = _MASK_RENDERER.coverage(chars, family, weight, style)
+    mask.setflags(write=False)
+    return mask
+
+
+def _check_size(size: int) -> int:
+    if not isinstance(size, (int, np.integer)) or size < 1 or IMAGE_SIZE % size:
+        raise ValueError(f"size must divide {IMAGE_SIZE} (e.g. 16, 32, 64, 128), got {size!r}")
+    return int(size)
+
+
+def render(chars: str, spec, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Fast renderer: the cached coverage mask coloured with numpy; uint8 (size, size, 3).
+
+    Matplotlib composites anti-aliased text as ``bg + coverage * (fg - bg)``, so colouring the
+    mask reproduces `render_matplotlib` to within rounding (at most 2/255 per channel, tested).
+    ``size`` must divide 128: smaller images are the 128-pixel coverage averaged over
+    ``128/size`` x ``128/size`` blocks, i.e. an exact area down-sampling, useful for quick
+    experiments. Introduced in 01_data_synthesis.
+    """
+    validate_chars(chars)
+    size = _check_size(size)
+    d = parse_spec(spec) if isinstance(spec, str) else spec
+    cov = glyph_mask(chars, d["fontfamily"], d["fontweight"], d["fontstyle"])
+    if size == IMAGE_SIZE:
+        return _colour_table(d["color"], d["backgroundcolor"])[cov]
+    f = IMAGE_SIZE // size
+    cov = cov.reshape(size, f, size, f).mean(axis=(1, 3), dtype=np.float64)
+    fg = color_rgb(d["color"]) * 255.0
+    bg = color_rgb(d["backgroundcolor"]) * 255.0
+    return np.rint(bg + (cov[..., None] / 255.0) * (fg - bg)).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=None)
+def _colour_table(color: str, backgroundcolor: str) -> np.ndarray:
+    """(256, 3) uint8 lookup: the pixel for every coverage value, so colouring is one indexing."""
+    fg, bg = color_rgb(color) * 255.0, color_rgb(backgroundcolor) * 255.0
+    table = np.rint(bg + (np.arange(256)[:, None] / 255.0) * (fg - bg)).astype(np.uint8)
+    table.setflags(write=False)
+    return table
+
+
+def render_batch(texts, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Render a list of (chars, spec) into uint8 (n, size, size, 3). Introduced in 01_data_synthesis."""
+    texts = list(texts)
+    out = np.empty((len(texts), size, size, 3), np.uint8)
+    for i, (chars, spec) in enumerate(texts):
+        out[i] = render(chars, spec, size)
+    return out
+
+
+def show_images(images, titles=None, ncols: int = 8, scale: float = 1.4, path: str | None = None,
+                suptitle: str | None = None):
+    """Plot uint8 images in a grid with optional titles; save to ``path`` if given.
+
+    Returns the figure. Introduced in 01_data_synthesis.
+    """
+    images = list(images)
+    ncols = min(ncols, len(images))
+    nrows = -(-len(images) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(scale * ncols, scale * nrows + 0.3 * bool(titles)),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for i, img in enumerate(images):
+        ax = axes.flat[i]
+        ax.imshow(img, cmap="gray" if np.ndim(img) == 2 else None, vmin=0, vmax=255,
+                  interpolation="nearest")
+        if titles:
+            ax.set_title(titles[i], fontsize=7)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=80)
+    return fig
+
+
+def to_unit_range(images) -> np.ndarray:
+    """uint8 images [0, 255] -> float32 in [-1, 1] (the tanh scale). Introduced in 01_data_synthesis."""
+    return np.asarray(images, np.float32) / 127.5 - 1.0
+
+
+def to_uint8(images) -> np.ndarray:
+    """Images in [-1, 1] -> uint8 [0, 255]. Introduced in 01_data_synthesis."""
+    return np.clip(np.rint((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+# =====================================================================================
+# 3. Sampling, curriculum, held-out rule, tf.data            (Introduced in 01_data_synthesis)
+# =====================================================================================
+
+#: Difficulty levels: 0 = the original's task, 1 = full alphabet, 2 = fonts too.
+LEVELS = {
+    0: "digits only, exactly 2 chars, colours only",
+    1: f"full alphabet, 1-{MAX_CHARS} chars, colours only",
+    2: f"full alphabet, 1-{MAX_CHARS} chars, colours, font family, weight and style",
+}
+#: One chars string in HELD_OUT_MODULUS is held out: crc32(chars) % HELD_OUT_MODULUS == 0.
+HELD_OUT_MODULUS = 50
+
+
+def is_held_out(chars: str) -> bool:
+    """True for the chars strings that training never samples (about 2 %).
+
+    The rule is ``zlib.crc32(chars.encode()) % 50 == 0``: deterministic, the same on every
+    machine and Python version. No single character is held out (none of the 62 hashes to 0),
+    4 of the 100 two-digit strings are ('29', '37', '40', '88'), and 2 % of the rest.
+    Introduced in 01_data_synthesis.
+    """
+    return zlib.crc32(chars.encode()) % HELD_OUT_MODULUS == 0
+
+
+def _level_alphabet_and_lengths(level: int):
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {sorted(LEVELS)}, got {level!r}")
+    return ("0123456789", (2,)) if level == 0 else (ALPHABET, tuple(range(1, MAX_CHARS + 1)))
+
+
+@functools.lru_cache(maxsize=None)
+def held_out_strings(level: int, length: int) -> tuple:
+    """All held-out chars strings of one length at a level (sorted). Introduced in 01_data_synthesis."""
+    alphabet, _ = _level_alphabet_and_lengths(level)
+    return tuple(
+        s for s in ("".join(p) for p in itertools.product(alphabet, repeat=length)) if is_held_out(s)
+    )
+
+
+def count_combinations(level: int) -> dict:
+    """Count the distinct (chars, spec) texts at a level, split into train and held-out.
+
+    Colour pairs exclude text colour == background colour (8 x 7 = 56 pairs).
+    Introduced in 01_data_synthesis.
+    """
+    alphabet, lengths = _level_alphabet_and_lengths(level)
+    n_chars = sum(len(alphabet) ** n for n in lengths)
+    n_held = sum(len(held_out_strings(level, n)) for n in lengths)
+    n_specs = len(COLORS) * (len(COLORS) - 1) * (len(FONTS) if level == 2 else 1)
+    return {
+        "level": level, "chars": n_chars, "specs": n_specs, "texts": n_chars * n_specs,
+        "held_out_chars": n_held, "held_out_texts": n_held * n_specs,
+    }
+
+
+def sample_text(rng: np.random.Generator, level: int = 2, split: str = "train") -> tuple:
+    """Draw one random (chars, spec) text at a difficulty level.
+
+    The length is uniform over the level's lengths, then each character uniform. ``split`` is
+    ``"train"`` (never a held-out chars string) or ``"heldout"`` (only held-out strings; lengths
+    without one are skipped). The text colour is redrawn while it equals the background. Levels 0
+    and 1 give colour-only specs, level 2 the full canonical spec.
+    Introduced in 01_data_synthesis.
+    """
+    alphabet, lengths = _level_alphabet_and_lengths(level)
+    if split == "train":
+        n = int(rng.choice(lengths))
+        while True:
+            chars = "".join(rng.choice(list(alphabet), n))
+            if not is_held_out(chars):
+                break
+    elif split == "heldout":
+        pools = [held_out_strings(level, n) for n in lengths]
+        pools = [p for p in pools if p]
+        pool = pools[int(rng.integers(len(pools)))]
+        chars = pool[int(rng.integers(len(pool)))]
+    else:
+        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    bg = COLORS[int(rng.integers(len(COLORS)))]
+    fg = bg
+    while fg == bg:
+        fg = COLORS[int(rng.integers(len(COLORS)))]
+    spec = dict(SPEC_DEFAULTS, color=fg, backgroundcolor=bg)
+    if level == 2:
+        family, weight, style = FONTS[int(rng.integers(len(FONTS)))]
+        spec.update(fontfamily=family, fontweight=weight, fontstyle=style)
+        return chars, format_spec(spec, full=True)
+    return chars, f"color {fg}, backgroundcolor {bg}"
+
+
+def sample_texts(n: int, level: int = 2, seed: int = 0, split: str = "train") -> list:
+    """`n` texts from `sample_text` with a fixed seed (same seed, same list).
+
+    Introduced in 01_data_synthesis.
+    """
+    rng = np.random.default_rng(seed)
+    return [sample_text(rng, level, split) for _ in range(n)]
+
+
+class Curriculum:
+    """The difficulty level the data pipeline samples at; training may raise it while it runs.
+
+    Introduced in 01_data_synthesis.
+    """
+
+    def __init__(self, level: int = 0):
+        _level_alphabet_and_lengths(level)
+        self.level = level
+
+    def __repr__(self):
+        return f"Curriculum(level={self.level})"
+
+
+def batch_generator(batch_size: int, level=2, seed: int = 0, size: int = IMAGE_SIZE,
+                    split: str = "train"):
+    """Infinite, seeded Python generator of ``((chars_ids, spec_ids), images)`` numpy batches.
+
+    ``level`` is an int or a `Curriculum` read at every batch. Whole batches are made at once,
+    so a tf.data pipeline built on it calls Python once per batch, not once per image.
+    Images are float32 in [-1, 1]. Introduced in 01_data_synthesis.
+    """
+    curriculum = level if isinstance(level, Curriculum) else Curriculum(level)
+    rng = np.random.default_rng(seed)
+    while True:
+        texts = [sample_text(rng, curriculum.level, split) for _ in range(batch_size)]
+        yield encode_texts(texts), to_unit_range(render_batch(texts, size))
+
+
+def make_dataset(batch_size: int = 32, level=2, seed: int = 0, size: int = IMAGE_SIZE,
+                 split: str = "train"):
+    """The training input pipeline: a seeded, infinite, batched, prefetched `tf.data.Dataset`.
+
+    Elements are ``((chars_ids int32 (B, MAX_CHARS), spec_ids int32 (B, SPEC_LENGTH)), images
+    float32 (B, size, size, 3) in [-1, 1])``. Rendering runs in tf.data's background thread while
+    the model trains. Introduced in 01_data_synthesis.
+    """
+    _check_size(size)
+    signature = (
+        (tf.TensorSpec((batch_size, MAX_CHARS), tf.int32),
+         tf.TensorSpec((batch_size, SPEC_LENGTH), tf.int32)),
+        tf.TensorSpec((batch_size, size, size, 3), tf.float32),
+    )
+    ds = tf.data.Dataset.from_generator(
+        lambda: batch_generator(batch_size, level, seed, size, split), output_signature=signature
+    )
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+# =====================================================================================
+# 4. The loss made for tanh                                       (Introduced in 00_tanh_loss)
+# =====================================================================================
+
+def tanh_cross_entropy(y_true, logits):
+    """Elementwise cross-entropy for a tanh output, computed stably from the logits ``h``.
+
+    ``log(1 + exp(-2|h|)) + |h| - y*h``, i.e. ``-(1/2)[(1+y)log(1+p) + (1-y)log(1-p)]`` with
+    ``p = tanh(h)``, plus the constant ``log 2`` (dropped: it changes no gradient). Targets
+    ``y`` are in [-1, 1]. The gradient with respect to ``h`` is ``tanh(h) - y``, and the value
+    equals Keras' ``binary_crossentropy((1+y)/2, 2h, from_logits=True)``. Finite for any finite
+    ``h`` in float16/32/64. Introduced in 00_tanh_loss.
+    """
+    h = ops.convert_to_tensor(logits)
+    y = ops.cast(y_true, h.dtype)
+    a = ops.abs(h)
+    return ops.log1p(ops.exp(-2.0 * a)) + a - y * h
+
+
+def naive_tanh_cross_entropy(y_true, p):
+    """The textbook form ``-(1/2)[(1+y)log(1+p) + (1-y)log(1-p)]`` on the activations p.
+
+    Only for comparison: it equals ``tanh_cross_entropy - log 2`` mathematically but overflows
+    to inf/nan once ``tanh`` rounds to +-1. Introduced in 00_tanh_loss.
+    """
+    p = ops.convert_to_tensor(p)
+    y = ops.cast(y_true, p.dtype)
+    return -0.5 * ((1.0 + y) * ops.log(1.0 + p) + (1.0 - y) * ops.log(1.0 - p))
+
+
+@keras.saving.register_keras_serializable(package="t2i")
+class TanhCrossEntropy(keras.losses.Loss):
+    """`tanh_cross_entropy` as a Keras loss for ``model.compile``; the model outputs logits.
+
+    Averaged over pixels and channels, then over the batch. Introduced in 00_tanh_loss.
+    """
+
+    def __init__(self, name="tanh_cross_entropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        per_element = tanh_cross_entropy(y_true, y_pred)
+        axes = tuple(range(1, len(per_element.shape)))
+        return ops.mean(per_element, axis=axes) if axes else per_element
+
+
+# =====================================================================================
+# 5. Symbolic checks for the derivation                           (Introduced in 00_tanh_loss)
+# =====================================================================================
+
+@dataclass
+class IdentityCheck:
+    """The verdict of `check_identity`: is ``lhs == rhs`` for every value of the symbols?
+
+    Shows as a LaTeX equation with its verdict in Jupyter, as one line of text elsewhere.
+    Introduced in 00_tanh_loss.
+    """
+
+    label: str
+    lhs: object
+    rhs: object
+    holds: bool
+    counterexample: dict | None = None
+
+    def _values_text(self):
+        if self.counterexample is None:
+            return ""
+        return ", ".join(f"{k}={v}" for k, v in self.counterexample.items())
+
+    def __repr__(self):
+        verdict = "True" if self.holds else f"False (differs at {self._values_text()})"
+        return f"{self.label}: {verdict}"
+
+    def _repr_latex_(self):
+        verdict = r"$\checkmark$ True" if self.holds else (
+            f"$\\times$ False at {self._values_text()}"
+        )
+        return f"{self.label}: ${sp.latex(self.lhs)} = {sp.latex(self.rhs)}$ {verdict}"
+
+
+def check_identity(label: str, lhs, rhs, assumptions=None, trials: int = 200,
+                   seed: int = 0) -> IdentityCheck:
+    """Check a claimed identity ``lhs = rhs`` with sympy, and find a counterexample if false.
+
+    First ``simplify(lhs - rhs) == 0`` (after rewriting hyperbolic functions as exponentials);
+    if sympy cannot prove it, both sides are evaluated at ``trials`` random points (each symbol
+    uniform in (-3, 3), or in its ``assumptions`` range given as ``{symbol: (low, high)}``). The
+    identity holds only if every point agrees to 1e-9. Introduced in 00_tanh_loss.
+    """
+    diff = sp.simplify((sp.sympify(lhs) - sp.sympify(rhs)).rewrite(sp.exp))
+    if diff == 0:
+        return IdentityCheck(label, lhs, rhs, True)
+    symbols = sorted(diff.free_symbols, key=lambda s: s.name)
+    ranges = {s: (assumptions or {}).get(s, (-3.0, 3.0)) for s in symbols}
+    f = sp.lambdify(symbols, diff, "mpmath")
+    rng = np.random.default_rng(seed)
+    for _ in range(trials):
+        point = {s: round(float(rng.uniform(*ranges[s])), 2) for s in symbols}
+        value = complex(f(*[point[s] for s in symbols]))
+        if not np.isfinite(value) or abs(value) > 1e-9:
+            return IdentityCheck(label, lhs, rhs, False, {s.name: v for s, v in point.items()})
+    return IdentityCheck(label, lhs, rhs, True)
+
+
+# =====================================================================================
+# 6. The generator: model, training, checkpoints                (Introduced in 02_train_generator)
+# =====================================================================================
+
+#: Epochs of the shipped run (each steps_per_epoch=200 batches of 32 images).
+DEFAULT_EPOCHS = 90
+MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
+DEFAULT_GENERATOR_PATH = os.path.join(MODELS_DIR, "generator.keras")
+
+
+@keras.saving.register_keras_serializable(package="t2i")
+class ColourMix(keras.layers.Layer):
+    """A 1x1 convolution whose kernel and bias differ per image: ``maps (B, H, W, K)`` times
+    ``kernel (B, K, 3)`` plus ``bias (B, 3)`` gives the RGB logits ``(B, H, W, 3)``.
+
+    The generator predicts kernel and bias from the spec, so colours are chosen by the text while
+    the convolutions only have to draw the glyphs' coverage, which no colour changes.
+    Introduced in 02_train_generator.
+    """
+
+    def call(self, maps, kernel, bias):
+        return ops.einsum("bhwk,bkc->bhwc", maps, kernel) + bias[:, None, None, :]
+
+
+def build_generator(chars_units: int = 256, spec_units: int = 64, dense_units: int = 512,
+                    filters=(256, 128, 96, 64, 32), maps: int = 8) -> keras.Model:
+    """The generator: two GRUs read chars and spec, a dense layer mixes them, and transposed
+    convolutions up-sample a 4x4 feature map to 128x128x3 **logits** (``tanh`` of them is the
+    image in [-1, 1]).
+
+    ``filters[0]`` is the depth of the 4x4 map; each further entry is one stride-2 transposed
+    convolution (4 -> 8 -> 16 -> 32 -> 64), and a last one draws ``maps`` full-size maps at 128.
+    The output layer is a `ColourMix`: a 1x1 convolution whose weights come from the spec
+    encoding. The original fed colour through every convolution; this split lets a batch teach
+    every glyph shape in every colour at once. Introduced in 02_train_generator.
+    """
+    layers = keras.layers
+    if 4 * 2 ** len(filters) != IMAGE_SIZE:
+        raise ValueError(f"filters needs {int(np.log2(IMAGE_SIZE // 4))} entries, got {filters}")
+    chars = keras.Input((MAX_CHARS,), dtype="int32", name="chars")
+    spec = keras.Input((SPEC_LENGTH,), dtype="int32", name="spec")
+    c = layers.Embedding(CHARS_VOCAB_SIZE, 64, mask_zero=True, name="chars_embedding")(chars)
+    c = layers.GRU(chars_units, name="chars_gru")(c)
+    s = layers.Embedding(SPEC_VOCAB_SIZE, 32, name="spec_embedding")(spec)
+    s = layers.GRU(spec_units, name="spec_gru")(s)
+    x = layers.Concatenate(name="text_encoding")([c, s])
+    x = layers.Dense(dense_units, activation="relu", name="dense")(x)
+    x = layers.Dense(4 * 4 * filters[0], activation="relu", name="seed_map")(x)
+    x = layers.Reshape((4, 4, filters[0]))(x)
+    for i, f in enumerate(filters[1:], start=1):
+        x = layers.Conv2DTranspose(f, 4, strides=2, padding="same", activation="relu",
+                                   name=f"up{i}")(x)
+    coverage = layers.Conv2DTranspose(maps, 4, strides=2, padding="same", name="coverage_maps")(x)
+    kernel = layers.Reshape((maps, 3))(layers.Dense(maps * 3, name="colour_kernel")(s))
+    bias = layers.Dense(3, name="colour_bias")(s)
+    logits = ColourMix(name="logits")(coverage, kernel, bias)
+    return keras.Model({"chars": chars, "spec": spec}, logits, name="generator")
+
+
+@keras.saving.register_keras_serializable(package="t2i")
+def tanh_mae(y_true, logits):
+    """Mean absolute error of ``tanh(logits)`` against targets in [-1, 1], per image.
+
+    The original's metric, on the [-1, 1] scale. Introduced in 02_train_generator.
+    """
+    err = ops.abs(ops.tanh(logits) - ops.cast(y_true, logits.dtype))
+    return ops.mean(err, axis=tuple(range(1, len(err.shape))))
+
+
+def compile_generator(model: keras.Model, learning_rate=1e-3) -> keras.Model:
+    """Compile with Adam, the tanh cross-entropy on logits and the tanh MAE metric.
+
+    Introduced in 02_train_generator.
+    """
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=TanhCrossEntropy(),
+        metrics=[keras.metrics.MeanMetricWrapper(tanh_mae, name="mae")],
+    )
+    return model
+
+
+def generate_batch(model: keras.Model, texts, batch_size: int = 64) -> np.ndarray:
+    """The generator's images for a list of (chars, spec) texts: uint8 (n, 128, 128, 3).
+
+    Texts are validated and encoded first, so bad input raises a clear ValueError/TypeError
+    before the model runs. Introduced in 02_train_generator.
+    """
+    chars_ids, spec_ids = encode_texts(texts)
+    out = np.empty((len(chars_ids), IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    for i in range(0, len(chars_ids), batch_size):
+        batch = {"chars": chars_ids[i:i + batch_size], "spec": spec_ids[i:i + batch_size]}
+        logits = model.predict_on_batch(batch)  # a compiled function: ~6x faster than model(batch)
+        out[i:i + batch_size] = to_uint8(np.tanh(np.asarray(logits, np.float32)))
+    return out
+
+
+def _atomic_write(path: str, write) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    base, ext = os.path.splitext(os.path.basename(path))
+    tmp = os.path.join(folder, f".{base}.tmp{os.getpid()}{ext}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _write_json(path: str, obj) -> None:
+    import json
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+
+    _atomic_write(path, write)
+
+
+@dataclass
+class TrainingState:
+    """What a training run needs beyond the weights to resume exactly: the next epoch, the
+    curriculum level and how many epochs were spent at it. Introduced in 02_train_generator."""
+
+    epoch: int = 0
+    level: int = 0
+    epochs_at_level: int = 0
+
+
+#: Curriculum: leave level L once its validation MAE is below PROMOTE_MAE[L] or after
+#: MAX_EPOCHS_AT_LEVEL[L] epochs there, whichever comes first. Level 2 is the last. The
+#: thresholds demand drawn glyphs: coloured blobs where the text goes already reach MAE ~0.03.
+PROMOTE_MAE = {0: 0.012, 1: 0.02}
+MAX_EPOCHS_AT_LEVEL = {0: 10, 1: 25}
+#: Texts drawn after every epoch (the same for every run), to watch the generator learn.
+PROGRESS_TEXTS = (
+    ("42", "color red, backgroundcolor blue"),
+    ("07", "color white, backgroundcolor black"),
+    ("Tf", "color yellow, backgroundcolor green"),
+    ("aZ9", "color black, backgroundcolor cyan"),
+    ("Qg", "color blue, backgroundcolor yellow, fontfamily serif, fontstyle italic"),
+    ("W3m", "color magenta, backgroundcolor white, fontfamily monospace, fontweight bold"),
+)
+
+
+def epoch_dataset(state: TrainingState, steps: int, batch_size: int, seed: int,
+                  size: int = IMAGE_SIZE):
+    """A finite dataset of ``steps`` batches for the epoch ``state.epoch`` at ``state.level``.
+
+    Keras re-creates the iterator at each epoch, after the callbacks of the previous epoch ran,
+    so the generator function reads the epoch and level then: batches of epoch ``e`` come from
+    ``np.random.default_rng([seed, e])`` whatever happened before, which makes runs repeatable
+    and a resumed run draw the same data. Introduced in 02_train_generator.
+    """
+    def batches():
+        rng = np.random.default_rng([seed, state.epoch])
+        level = state.level
+        for _ in range(steps):
+            texts = [sample_text(rng, level) for _ in range(batch_size)]
+            chars_ids, spec_ids = encode_texts(texts)
+            yield {"chars": chars_ids, "spec": spec_ids}, to_unit_range(render_batch(texts, size))
+
+    signature = (
+        {"chars": tf.TensorSpec((batch_size, MAX_CHARS), tf.int32),
+         "spec": tf.TensorSpec((batch_size, SPEC_LENGTH), tf.int32)},
+        tf.TensorSpec((batch_size, size, size, 3), tf.float32),
+    )
+    ds = tf.data.Dataset.from_generator(batches, output_signature=signature)
+    return ds.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(tf.data.AUTOTUNE)
+
+
+class GeneratorTrainingCallback(keras.callbacks.Callback):
+    """Per-epoch bookkeeping of `train_generator`: validation MAE at the current level, the
+    curriculum, the history JSON, the progress grid and an atomic checkpoint.
+
+    Introduced in 02_train_generator.
+    """
+
+    def __init__(self, state: TrainingState, checkpoint_dir: str, history_path: str,
+                 history: list, batch_size: int, steps: int, n_val: int = 192, seed: int = 0):
+        super().__init__()
+        self.state, self.checkpoint_dir, self.history_path = state, checkpoint_dir, history_path
+        self.history, self.batch_size, self.steps = history, batch_size, steps
+        self.val = {}
+        for level in LEVELS:
+            texts = sample_texts(n_val, level, seed=10_000 + 100 * seed + level)
+            self.val[level] = (texts, to_unit_range(render_batch(texts)))
+        self.progress_truth = render_batch(PROGRESS_TEXTS, size=64)
+        self._t0 = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        import time
+
+        self.state.epoch = epoch
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        import time
+
+        st = self.state
+        texts, truth = self.val[st.level]
+        pred = generate_batch(self.model, texts).astype(np.float32) / 127.5 - 1.0
+        val_mae = float(np.mean(np.abs(pred - truth)))
+        row = {k: float(v) for k, v in (logs or {}).items()}
+        seen = (self.history[-1]["images_seen"] if self.history else 0) + self.steps * self.batch_size
+        row.update(epoch=epoch + 1, level=st.level, val_mae=val_mae, images_seen=seen,
+                   seconds=time.perf_counter() - self._t0,
+                   learning_rate=float(ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+        if logs is not None:
+            logs["val_mae"], logs["level"] = val_mae, st.level
+        self.history.append(row)
+        # The curriculum decides the level of the next epoch.
+        st.epochs_at_level += 1
+        if st.level in PROMOTE_MAE and (val_mae < PROMOTE_MAE[st.level]
+                                        or st.epochs_at_level >= MAX_EPOCHS_AT_LEVEL[st.level]):
+            st.level, st.epochs_at_level = st.level + 1, 0
+        st.epoch = epoch + 1
+        grid = generate_batch(self.model, PROGRESS_TEXTS)
+        small = grid.reshape(len(grid), 64, 2, 64, 2, 3).mean(axis=(2, 4)).round().astype(np.uint8)
+        self._save(small)
+
+    def _save(self, progress_grid):
+        import dataclasses
+
+        ckpt = self.checkpoint_dir
+        progress_path = os.path.join(ckpt, "progress.npz")
+        old = np.load(progress_path)["grids"] if os.path.exists(progress_path) else \
+            np.zeros((0,) + progress_grid.shape, np.uint8)
+        grids = np.concatenate([old[: self.state.epoch - 1], progress_grid[None]])
+        _atomic_write(progress_path, lambda tmp: np.savez_compressed(tmp, grids=grids))
+        _atomic_write(os.path.join(ckpt, "model.keras"), self.model.save)
+        _write_json(os.path.join(ckpt, "state.json"),
+                    {"state": dataclasses.asdict(self.state), "history": self.history})
+        if self.history_path:
+            _write_json(self.history_path, self.history)
+
+
+def train_generator(out_path: str | None = DEFAULT_GENERATOR_PATH, epochs: int = 100,
+                    steps_per_epoch: int = 200, batch_size: int = 32, seed: int = 0,
+                    learning_rate: float = 1e-3, checkpoint_dir: str | None = None,
+                    verbose="auto", model: keras.Model | None = None, start_level: int = 0):
+    """Train the generator from scratch (or resume), with the curriculum over levels 0 -> 2.
+
+    Data comes from `epoch_dataset`; the learning rate follows a cosine decay over all steps.
+    After every epoch a checkpoint (model with optimizer state, training state, history,
+    progress grids) is written atomically to ``checkpoint_dir`` (default: ``out_path`` + ``.ckpt``):
+    an interrupted run restarted with the same arguments resumes there and loses at most the
+    current epoch. At the end the model is saved without optimizer state to ``out_path``, its
+    history to ``<out_path minus .keras>.history.json`` and the progress grids beside it.
+    Returns ``(model, history)``. Introduced in 02_train_generator.
+    """
+    import json
+    import shutil
+
+    keras.utils.set_random_seed(seed)
+    stem = os.path.splitext(out_path)[0] if out_path else None
+    checkpoint_dir = checkpoint_dir or (stem + ".ckpt" if stem else None)
+    history_path = stem + ".history.json" if stem else None
+    state, history = TrainingState(level=start_level), []
+    if checkpoint_dir and os.path.exists(os.path.join(checkpoint_dir, "state.json")):
+        with open(os.path.join(checkpoint_dir, "state.json")) as f:
+            saved = json.load(f)
+        state, history = TrainingState(**saved["state"]), saved["history"]
+        model = keras.models.load_model(os.path.join(checkpoint_dir, "model.keras"))
+        print(f"resuming from {checkpoint_dir} at epoch {state.epoch + 1}, level {state.level}")
+    else:
+        if model is None:
+            model = build_generator()
+        schedule = keras.optimizers.schedules.CosineDecay(
+            learning_rate, decay_steps=epochs * steps_per_epoch, alpha=0.01)
+        compile_generator(model, schedule)
+    callbacks = [GeneratorTrainingCallback(state, checkpoint_dir, history_path if out_path else None,
+                                           history, batch_size, steps_per_epoch, seed=seed)]
+    if checkpoint_dir is None:
+        callbacks[0]._save = lambda grid: None
+    if state.epoch < epochs:
+        model.fit(epoch_dataset(state, steps_per_epoch, batch_size, seed), epochs=epochs,
+                  initial_epoch=state.epoch, callbacks=callbacks, verbose=verbose)
+    if out_path:
+        export = build_generator()
+        export.set_weights(model.get_weights())
+        _atomic_write(out_path, export.save)
+        _write_json(history_path, history)
+        if checkpoint_dir and os.path.exists(os.path.join(checkpoint_dir, "progress.npz")):
+            shutil.copyfile(os.path.join(checkpoint_dir, "progress.npz"), stem + ".progress.npz")
+    return model, history
+
+
+# =====================================================================================
+# 7. Using and evaluating the generator                          (Introduced in 02_train_generator)
+# =====================================================================================
+
+def load_generator(path: str | None = None) -> keras.Model:
+    """Load a generator saved as ``.keras``; by default the shipped ``models/generator.keras``.
+
+    Introduced in 02_train_generator.
+    """
+    path = path or DEFAULT_GENERATOR_PATH
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"no generator at {path}; train one with: python t2i_utils.py train-generator --out {path}"
+        )
+    return keras.models.load_model(path, compile=False)
+
+
+def generate(generator: keras.Model, chars: str, spec) -> np.ndarray:
+    """The generator's image for one text: uint8 (128, 128, 3).
+
+    Bad chars/spec raise a clear ValueError/TypeError before the model runs.
+    Introduced in 02_train_generator.
+    """
+    return generate_batch(generator, [(chars, spec)])[0]
+
+
+def _mae_to(image: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """MAE on the [-1, 1] scale between one uint8 image and each of a stack of candidates."""
+    diff = np.abs(candidates.astype(np.int16) - image.astype(np.int16))
+    return diff.reshape(len(candidates), -1).mean(axis=1) / 127.5
+
+
+def chars_substitutions(chars: str, alphabet: str = ALPHABET) -> list:
+    """Every string that differs from ``chars`` in exactly one character (same length).
+
+    Introduced in 02_train_generator.
+    """
+    return [chars[:i] + c + chars[i + 1:] for i in range(len(chars)) for c in alphabet if c != chars[i]]
+
+
+def estimate_colours(image: np.ndarray) -> tuple:
+    """Read (text colour, background colour) off an image, each the nearest of COLORS.
+
+    The background is the median of the 2-pixel frame (text never reaches it); the text colour
+    is the median of the 20 pixels farthest from that background. Uses nothing but the image.
+    Introduced in 02_train_generator.
+    """
+    img = image.astype(np.float32)
+    frame = np.concatenate([img[:2].reshape(-1, 3), img[-2:].reshape(-1, 3),
+                            img[:, :2].reshape(-1, 3), img[:, -2:].reshape(-1, 3)])
+    bg = np.median(frame, axis=0)
+    flat = img.reshape(-1, 3)
+    far = flat[np.argsort(np.abs(flat - bg).sum(axis=1))[-20:]]
+    fg = np.median(far, axis=0)
+    palette = np.stack([color_rgb(c) * 255 for c in COLORS])
+    nearest = lambda rgb: COLORS[int(np.argmin(np.abs(palette - rgb).sum(axis=1)))]
+    return nearest(fg), nearest(bg)
+
+
+def score_images(texts, images, alphabet: str = ALPHABET) -> dict:
+    """Exact metrics of images (uint8) against the true renderings of their texts.
+
+    Per text: ``mae`` on the [-1, 1] scale; ``chars_ok``: the image is strictly closer (MAE) to
+    the true rendering than to the rendering of every single-character substitution of chars
+    by a character of ``alphabet`` (same spec): the strict analogue of an OCR exact match;
+    ``font_ok``: strictly closer than to the same chars in each of the 11 other fonts;
+    ``colour_ok``: text and background colours read off the image (`estimate_colours`) both
+    match the spec. Returns per-text arrays and their means. Introduced in 02_train_generator.
+    """
+    rows = {"mae": [], "chars_ok": [], "font_ok": [], "colour_ok": []}
+    for (chars, spec), image in zip(texts, images):
+        d = parse_spec(spec) if isinstance(spec, str) else spec
+        truth = render(chars, d)
+        d_true = _mae_to(image, truth[None])[0]
+        subs = render_batch([(c, d) for c in chars_substitutions(chars, alphabet)])
+        other_fonts = render_batch([(chars, dict(d, fontfamily=f, fontweight=w, fontstyle=s))
+                                    for f, w, s in FONTS
+                                    if (f, w, s) != (d["fontfamily"], d["fontweight"], d["fontstyle"])])
+        rows["mae"].append(d_true)
+        rows["chars_ok"].append(bool(d_true < _mae_to(image, subs).min()))
+        rows["font_ok"].append(bool(d_true < _mae_to(image, other_fonts).min()))
+        rows["colour_ok"].append(estimate_colours(image) == (d["color"], d["backgroundcolor"]))
+    out = {k: np.array(v) for k, v in rows.items()}
+    out.update({f"{k}_mean": float(v.mean()) for k, v in list(out.items())})
+    return out
+
+
+def evaluate_generator(generator: keras.Model, levels=(0, 1, 2), n: int = 500, seed: int = 0) -> list:
+    """Score the generator on ``n`` seeded train texts and ``n`` held-out texts per level.
+
+    Substitutions for the chars metric use the level's alphabet (digits at level 0). Returns one
+    dict per (level, split) with MAE and the chars, font and colour accuracies. Introduced in 02_train_generator.
+    """
+    results = []
+    for level in levels:
+        for split in ("train", "heldout"):
+            texts = sample_texts(n, level, seed=20_000 + seed + level, split=split)
+            alphabet = _level_alphabet_and_lengths(level)[0]
+            scores = score_images(texts, generate_batch(generator, texts), alphabet)
+            results.append({"level": level, "split": split, "n": n,
+                            "mae": scores["mae_mean"], "chars_acc": scores["chars_ok_mean"],
+                            "font_acc": scores["font_ok_mean"], "colour_acc": scores["colour_ok_mean"]})
+    return results
+
+
+def format_evaluation(results) -> str:
+    """The results of `evaluate_generator` as a Markdown table. Introduced in 02_train_generator."""
+    lines = ["| level | split | texts | MAE [-1, 1] | chars identified | font identified | colours right |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['level']} | {r['split']} | {r['n']} | {r['mae']:.4f} | {100 * r['chars_acc']:.1f} % "
+                     f"| {100 * r['font_acc']:.1f} % | {100 * r['colour_acc']:.1f} % |")
+    return "\n".join(lines)
+
+
+def plot_history(history, path: str | None = None):
+    """Loss and MAE per epoch of a training history, with curriculum level changes marked.
+
+    Returns the figure; saves it to ``path`` if given. Introduced in 02_train_generator.
+    """
+    epochs = [r["epoch"] for r in history]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    axes[0].plot(epochs, [r["loss"] for r in history], label="training loss (tanh cross-entropy)")
+    axes[1].plot(epochs, [r["mae"] for r in history], label="training MAE (running, in epoch)")
+    axes[1].plot(epochs, [r["val_mae"] for r in history], label="validation MAE (end of epoch, current level)")
+    for ax in axes:
+        for prev, row in zip(history, history[1:]):
+            if row["level"] != prev["level"]:
+                ax.axvline(prev["epoch"] + 0.5, color="grey", ls=":")
+                ax.text(prev["epoch"] + 0.5, 0.97, f" level {row['level']}", transform=ax.get_xaxis_transform(),
+                        va="top", fontsize=8, color="grey")
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+    images = history[-1]["images_seen"]
+    fig.suptitle(f"{len(history)} epochs, {images:,} training images")
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=80)
+    return fig
+
+
+def show_comparison(generator: keras.Model, texts, path: str | None = None, title: str | None = None):
+    """Rows of generated | true | |difference| (with the MAE) for a list of texts.
+
+    Returns the figure; saves it to ``path`` if given. Introduced in 02_train_generator.
+    """
+    generated = generate_batch(generator, texts)
+    truth = render_batch(texts)
+    cells, titles = [], []
+    for (chars, spec), g, t in zip(texts, generated, truth):
+        diff = 255 - np.abs(g.astype(np.int16) - t).astype(np.uint8)
+        cells += [g, t, diff]
+        short = format_spec(parse_spec(spec)).replace("backgroundcolor", "bg").replace(", ", "\n", 1)
+        titles += [f"{chars!r} {short}", "true", f"|diff| MAE {_mae_to(g, t[None])[0]:.3f}"]
+    ncols = 6 if len(texts) > 1 else 3
+    return show_images(cells, titles, ncols=ncols, scale=1.9, path=path, suptitle=title)
+
+
+def progress_animation(grids: np.ndarray, path: str, every: int = 1, ms_per_frame: int = 150) -> int:
+    """Write the per-epoch progress grids (epochs, n, h, w, 3) as an animated GIF, one row per
+    frame, labelled with the epoch. Returns the number of frames. Introduced in 02_train_generator.
+    """
+    from PIL import Image, ImageDraw
+
+    frames = []
+    for e in range(0, len(grids), every):
+        row = np.concatenate(list(grids[e]), axis=1)
+        canvas = np.full((row.shape[0] + 14, row.shape[1], 3), 255, np.uint8)
+        canvas[14:] = row
+        image = Image.fromarray(canvas)
+        ImageDraw.Draw(image).text((2, 1), f"epoch {e + 1}", fill=(0, 0, 0))
+        frames.append(image)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=ms_per_frame, loop=0)
+    return len(frames)
+
+
+# =====================================================================================
+# 8. The interactive widget                                     (Introduced in 02_train_generator)
+# =====================================================================================
+
+def _png(image: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class GeneratorWidget:
+    """Type chars and a spec, see the generated image, the true rendering and their difference.
+
+    Dropdowns fill the spec in; every keystroke updates the pictures. Invalid input shows the
+    error message under the inputs and keeps the last good pictures. ``widget.box`` is the
+    ipywidgets container (the notebook displays the object itself).
+    Introduced in 02_train_generator.
+    """
+
+    def __init__(self, generator: keras.Model, chars: str = "4a",
+                 spec: str = "color red, backgroundcolor blue"):
+        import ipywidgets as w
+
+        self.generator = generator
+        self.chars = w.Text(value=chars, description="chars", continuous_update=True)
+        self.spec = w.Text(value=spec, description="spec", continuous_update=True,
+                           layout=w.Layout(width="34em"))
+        self.dropdowns = {k: w.Dropdown(options=SPEC_VALUES[k], description=k,
+                                        style={"description_width": "initial"},
+                                        layout=w.Layout(width="15em"))
+                          for k in SPEC_KEYS}
+        self.message = w.HTML(value="")
+        size = dict(width=192, height=192)
+        self.images = {k: w.Image(format="png", **size) for k in ("generated", "true", "difference")}
+        self.captions = {k: w.Label(value=k) for k in self.images}
+        columns = [w.VBox([self.images[k], self.captions[k]]) for k in self.images]
+        self.box = w.VBox([w.HBox([self.chars, self.spec]), w.HBox(list(self.dropdowns.values())),
+                           self.message, w.HBox(columns)])
+        self.last_model_ms = None
+        self._syncing = False
+        generate(generator, "0", "")  # trace the predict function once, so typing feels live
+        self.chars.observe(self._on_text, names="value")
+        self.spec.observe(self._on_text, names="value")
+        for dropdown in self.dropdowns.values():
+            dropdown.observe(self._on_dropdown, names="value")
+        self.update()
+
+    def _on_text(self, change=None):
+        if not self._syncing:
+            self.update()
+
+    def _on_dropdown(self, change=None):
+        if self._syncing:
+            return
+        spec = format_spec({k: d.value for k, d in self.dropdowns.items()})
+        self.spec.value = spec  # triggers update()
+
+    def update(self) -> bool:
+        """Redraw for the current inputs; returns False (and shows why) on bad input."""
+        import html
+        import time
+
+        try:
+            chars = validate_chars(self.chars.value)
+            spec = parse_spec(self.spec.value)
+        except (TypeError, ValueError) as e:
+            self.message.value = f'<span style="color:#b00020">&#9888; {html.escape(str(e))}</span>'
+            return False
+        self.message.value = ""
+        self._syncing = True
+        try:
+            for k, dropdown in self.dropdowns.items():
+                dropdown.value = spec[k]
+        finally:
+            self._syncing = False
+        t0 = time.perf_counter()
+        generated = generate(self.generator, chars, spec)
+        self.last_model_ms = (time.perf_counter() - t0) * 1e3
+        truth = render(chars, spec)
+        diff = np.abs(generated.astype(np.int16) - truth).astype(np.uint8)
+        mae = _mae_to(generated, truth[None])[0]
+        for key, image in (("generated", generated), ("true", truth), ("difference", 255 - diff)):
+            self.images[key].value = _png(image)
+        self.captions["generated"].value = f"generated ({self.last_model_ms:.0f} ms)"
+        self.captions["true"].value = "true rendering"
+        self.captions["difference"].value = f"|difference| (dark = wrong), MAE {mae:.4f}"
+        self.last_mae = float(mae)
+        return True
+
+    def _repr_mimebundle_(self, **kwargs):
+        # The ipywidgets view, with a short text form instead of the children's (PNG bytes).
+        bundle = self.box._repr_mimebundle_(**kwargs)
+        bundle["text/plain"] = repr(self)
+        return bundle
+
+    def __repr__(self):
+        return f"GeneratorWidget(chars={self.chars.value!r}, spec={self.spec.value!r})"
+
+
+# =====================================================================================
+# 9. Command line                                              (Introduced in 02_train_generator)
+# =====================================================================================
+
+def main(argv=None) -> int:
+    """``python t2i_utils.py train-generator|evaluate-generator|generate ...``; see ``--help``.
+
+    Bad chars/spec exit with status 2 and a one-line message. Introduced in 02_train_generator.
+    """
+    import argparse
+    import sys
+    import time
+
+    parser = argparse.ArgumentParser(prog="python t2i_utils.py", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train-generator", help="train the generator from scratch (or resume)")
+    p.add_argument("--out", default=DEFAULT_GENERATOR_PATH)
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
+    p.add_argument("--steps-per-epoch", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("evaluate-generator", help="exact metrics per level, train vs held-out")
+    p.add_argument("--model", default=DEFAULT_GENERATOR_PATH)
+    p.add_argument("-n", type=int, default=500, help="texts per level and split")
+    p = sub.add_parser("generate", help="draw one text with the generator into a PNG")
+    p.add_argument("chars")
+    p.add_argument("spec")
+    p.add_argument("-o", "--output", default="out.png")
+    p.add_argument("--model", default=None)
+    args = parser.parse_args(argv)
+    if args.command == "generate":
+        try:
+            validate_chars(args.chars)
+            parse_spec(args.spec)
+        except (TypeError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        image = generate(load_generator(args.model), args.chars, args.spec)
+        plt.imsave(args.output, image)
+        print(f"wrote {args.output}")
+        return 0
+    if args.command == "train-generator":
+        t0 = time.perf_counter()
+        train_generator(args.out, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+                        batch_size=args.batch_size, seed=args.seed, verbose=2)
+        print(f"trained in {time.perf_counter() - t0:.0f} s; saved {args.out}", flush=True)
+        args.model, args.n = args.out, 500
+    results = evaluate_generator(load_generator(args.model), n=args.n)
+    _write_json(os.path.splitext(args.model)[0] + ".evaluation.json", results)
+    print(format_evaluation(results), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

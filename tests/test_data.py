@@ -1,0 +1,88 @@
+"""Sampling, curriculum levels, the held-out rule and the tf.data pipeline (notebook 01)."""
+import itertools
+
+import numpy as np
+import pytest
+
+import t2i_utils as u
+
+
+def test_seeded_sampling_is_deterministic_and_seed_dependent():
+    assert u.sample_texts(50, 2, seed=3) == u.sample_texts(50, 2, seed=3)
+    assert u.sample_texts(50, 2, seed=3) != u.sample_texts(50, 2, seed=4)
+
+
+@pytest.mark.parametrize("level", [0, 1, 2])
+def test_levels_respect_their_rules(level):
+    texts = u.sample_texts(600, level, seed=level)
+    lengths = {len(c) for c, _ in texts}
+    for chars, spec in texts:
+        u.validate_chars(chars)
+        d = u.parse_spec(spec)  # also rejects text colour == background colour
+        assert d["color"] != d["backgroundcolor"]
+        assert not u.is_held_out(chars)
+        if level == 0:
+            assert len(chars) == 2 and chars.isdigit()
+        if level < 2:
+            assert spec.startswith("color ") and "font" not in spec
+    if level == 0:
+        assert lengths == {2}
+    else:
+        assert lengths == {1, 2, 3}
+    if level == 2:
+        fonts = {tuple(u.parse_spec(s)[k] for k in ("fontfamily", "fontweight", "fontstyle"))
+                 for _, s in texts}
+        assert fonts == set(u.FONTS)
+
+
+def test_held_out_rule():
+    assert u.held_out_strings(0, 2) == ("29", "37", "40", "88")
+    assert u.held_out_strings(1, 1) == ()
+    n3 = len(u.held_out_strings(1, 3))
+    assert 0.015 < n3 / 62 ** 3 < 0.025
+    for level in (0, 1, 2):
+        held = u.sample_texts(200, level, seed=5, split="heldout")
+        assert all(u.is_held_out(c) for c, _ in held)
+    with pytest.raises(ValueError, match="split"):
+        u.sample_texts(1, 1, split="test")
+
+
+def test_combination_counts_match_enumeration_at_level_0():
+    c = u.count_combinations(0)
+    pairs = [(a, b) for a, b in itertools.product(u.COLORS, repeat=2) if a != b]
+    digits2 = ["".join(p) for p in itertools.product("0123456789", repeat=2)]
+    assert c["texts"] == len(digits2) * len(pairs) == 5600
+    assert c["held_out_texts"] == 4 * 56
+    assert u.count_combinations(1)["chars"] == 62 + 62 ** 2 + 62 ** 3
+    assert u.count_combinations(2)["texts"] == u.count_combinations(1)["texts"] * 12
+
+
+def test_sampled_colour_pairs_cover_all_56():
+    texts = u.sample_texts(3000, 1, seed=0)
+    pairs = {(u.parse_spec(s)["color"], u.parse_spec(s)["backgroundcolor"]) for _, s in texts}
+    assert len(pairs) == 56
+
+
+def test_dataset_batches_shapes_range_and_determinism():
+    ds = u.make_dataset(batch_size=4, level=1, seed=7, size=32)
+    (chars_ids, spec_ids), images = next(iter(ds))
+    assert chars_ids.shape == (4, u.MAX_CHARS) and spec_ids.shape == (4, u.SPEC_LENGTH)
+    assert images.shape == (4, 32, 32, 3) and images.dtype.name == "float32"
+    assert float(images.numpy().min()) >= -1 and float(images.numpy().max()) <= 1
+    (c2, s2), im2 = next(iter(u.make_dataset(batch_size=4, level=1, seed=7, size=32)))
+    assert (c2.numpy() == chars_ids.numpy()).all() and (im2.numpy() == images.numpy()).all()
+    # The images are the renderings of the encoded texts.
+    texts = [(u.decode_chars(c), u.format_spec(u.decode_spec(s)))
+             for c, s in zip(chars_ids.numpy(), spec_ids.numpy())]
+    np.testing.assert_array_equal(u.to_unit_range(u.render_batch(texts, 32)), images.numpy())
+
+
+def test_curriculum_level_is_read_at_every_batch():
+    curriculum = u.Curriculum(0)
+    batches = u.batch_generator(16, curriculum, seed=0, size=16)
+    (chars_ids, _), _ = next(batches)
+    assert all(len(u.decode_chars(c)) == 2 for c in chars_ids)
+    curriculum.level = 2
+    (_, spec_ids), _ = next(batches)
+    families = {u.decode_spec(s)["fontfamily"] for s in spec_ids}
+    assert len(families) > 1
