@@ -547,38 +547,51 @@ class Curriculum:
         return f"Curriculum(level={self.level})"
 
 
+def sample_batch(rng: np.random.Generator, batch_size: int, level: int = 2,
+                 size: int = IMAGE_SIZE, split: str = "train") -> tuple:
+    """One training batch: ``({"chars": ids, "spec": ids}, images)`` as numpy arrays.
+
+    The keys are the generator's input names; images are float32 in [-1, 1].
+    Introduced in 01_data_synthesis.
+    """
+    texts = [sample_text(rng, level, split) for _ in range(batch_size)]
+    chars_ids, spec_ids = encode_texts(texts)
+    return {"chars": chars_ids, "spec": spec_ids}, to_unit_range(render_batch(texts, size))
+
+
 def batch_generator(batch_size: int, level=2, seed: int = 0, size: int = IMAGE_SIZE,
                     split: str = "train"):
-    """Infinite, seeded Python generator of ``((chars_ids, spec_ids), images)`` numpy batches.
+    """Infinite, seeded Python generator of `sample_batch` batches.
 
     ``level`` is an int or a `Curriculum` read at every batch. Whole batches are made at once,
     so a tf.data pipeline built on it calls Python once per batch, not once per image.
-    Images are float32 in [-1, 1]. Introduced in 01_data_synthesis.
+    Introduced in 01_data_synthesis.
     """
     curriculum = level if isinstance(level, Curriculum) else Curriculum(level)
     rng = np.random.default_rng(seed)
     while True:
-        texts = [sample_text(rng, curriculum.level, split) for _ in range(batch_size)]
-        yield encode_texts(texts), to_unit_range(render_batch(texts, size))
+        yield sample_batch(rng, batch_size, curriculum.level, size, split)
+
+
+def _batches_dataset(generator_fn, batch_size: int, size: int):
+    signature = (
+        {"chars": tf.TensorSpec((batch_size, MAX_CHARS), tf.int32),
+         "spec": tf.TensorSpec((batch_size, SPEC_LENGTH), tf.int32)},
+        tf.TensorSpec((batch_size, size, size, 3), tf.float32),
+    )
+    return tf.data.Dataset.from_generator(generator_fn, output_signature=signature)
 
 
 def make_dataset(batch_size: int = 32, level=2, seed: int = 0, size: int = IMAGE_SIZE,
                  split: str = "train"):
-    """The training input pipeline: a seeded, infinite, batched, prefetched `tf.data.Dataset`.
+    """The input pipeline: a seeded, infinite, batched, prefetched `tf.data.Dataset`.
 
-    Elements are ``((chars_ids int32 (B, MAX_CHARS), spec_ids int32 (B, SPEC_LENGTH)), images
-    float32 (B, size, size, 3) in [-1, 1])``. Rendering runs in tf.data's background thread while
-    the model trains. Introduced in 01_data_synthesis.
+    Elements are ``({"chars": int32 (B, MAX_CHARS), "spec": int32 (B, SPEC_LENGTH)}, images
+    float32 (B, size, size, 3) in [-1, 1])``, ready for ``model.fit``. Rendering runs in tf.data's
+    background thread while the model trains. Introduced in 01_data_synthesis.
     """
     _check_size(size)
-    signature = (
-        (tf.TensorSpec((batch_size, MAX_CHARS), tf.int32),
-         tf.TensorSpec((batch_size, SPEC_LENGTH), tf.int32)),
-        tf.TensorSpec((batch_size, size, size, 3), tf.float32),
-    )
-    ds = tf.data.Dataset.from_generator(
-        lambda: batch_generator(batch_size, level, seed, size, split), output_signature=signature
-    )
+    ds = _batches_dataset(lambda: batch_generator(batch_size, level, seed, size, split), batch_size, size)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -849,16 +862,9 @@ def epoch_dataset(state: TrainingState, steps: int, batch_size: int, seed: int,
         rng = np.random.default_rng([seed, state.epoch])
         level = state.level
         for _ in range(steps):
-            texts = [sample_text(rng, level) for _ in range(batch_size)]
-            chars_ids, spec_ids = encode_texts(texts)
-            yield {"chars": chars_ids, "spec": spec_ids}, to_unit_range(render_batch(texts, size))
+            yield sample_batch(rng, batch_size, level, size)
 
-    signature = (
-        {"chars": tf.TensorSpec((batch_size, MAX_CHARS), tf.int32),
-         "spec": tf.TensorSpec((batch_size, SPEC_LENGTH), tf.int32)},
-        tf.TensorSpec((batch_size, size, size, 3), tf.float32),
-    )
-    ds = tf.data.Dataset.from_generator(batches, output_signature=signature)
+    ds = _batches_dataset(batches, batch_size, size)
     return ds.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(tf.data.AUTOTUNE)
 
 

@@ -65,12 +65,13 @@ def test_sampled_colour_pairs_cover_all_56():
 
 def test_dataset_batches_shapes_range_and_determinism():
     ds = u.make_dataset(batch_size=4, level=1, seed=7, size=32)
-    (chars_ids, spec_ids), images = next(iter(ds))
+    inputs, images = next(iter(ds))
+    chars_ids, spec_ids = inputs["chars"], inputs["spec"]
     assert chars_ids.shape == (4, u.MAX_CHARS) and spec_ids.shape == (4, u.SPEC_LENGTH)
     assert images.shape == (4, 32, 32, 3) and images.dtype.name == "float32"
     assert float(images.numpy().min()) >= -1 and float(images.numpy().max()) <= 1
-    (c2, s2), im2 = next(iter(u.make_dataset(batch_size=4, level=1, seed=7, size=32)))
-    assert (c2.numpy() == chars_ids.numpy()).all() and (im2.numpy() == images.numpy()).all()
+    inputs2, im2 = next(iter(u.make_dataset(batch_size=4, level=1, seed=7, size=32)))
+    assert (inputs2["chars"].numpy() == chars_ids.numpy()).all() and (im2.numpy() == images.numpy()).all()
     # The images are the renderings of the encoded texts.
     texts = [(u.decode_chars(c), u.format_spec(u.decode_spec(s)))
              for c, s in zip(chars_ids.numpy(), spec_ids.numpy())]
@@ -80,9 +81,9 @@ def test_dataset_batches_shapes_range_and_determinism():
 def test_curriculum_level_is_read_at_every_batch():
     curriculum = u.Curriculum(0)
     batches = u.batch_generator(16, curriculum, seed=0, size=16)
-    (chars_ids, _), _ = next(batches)
-    assert all(len(u.decode_chars(c)) == 2 for c in chars_ids)
+    inputs, _ = next(batches)
+    assert all(len(u.decode_chars(c)) == 2 for c in inputs["chars"])
     curriculum.level = 2
-    (_, spec_ids), _ = next(batches)
-    families = {u.decode_spec(s)["fontfamily"] for s in spec_ids}
+    inputs, _ = next(batches)
+    families = {u.decode_spec(s)["fontfamily"] for s in inputs["spec"]}
     assert len(families) > 1
