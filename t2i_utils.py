@@ -14,10 +14,18 @@ offending token, before any TensorFlow op runs.
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import functools
+import html
+import io
 import itertools
+import json
 import os
+import shutil
+import sys
 import threading
+import time
 import zlib
 from dataclasses import dataclass
 
@@ -315,7 +323,6 @@ class _MaskRenderer:
     The alpha channel of the result is the anti-aliasing coverage of the glyphs, which is all
     that depends on (chars, font); colours are applied afterwards with numpy.
     """
-
     def __init__(self):
         self._lock = threading.Lock()
         self._fig = None
@@ -538,7 +545,6 @@ class Curriculum:
 
     Introduced in 01_data_synthesis.
     """
-
     def __init__(self, level: int = 0):
         _level_alphabet_and_lengths(level)
         self.level = level
@@ -631,7 +637,6 @@ class TanhCrossEntropy(keras.losses.Loss):
 
     Averaged over pixels and channels, then over the batch. Introduced in 00_tanh_loss.
     """
-
     def __init__(self, name="tanh_cross_entropy", **kwargs):
         super().__init__(name=name, **kwargs)
 
@@ -652,7 +657,6 @@ class IdentityCheck:
     Shows as a LaTeX equation with its verdict in Jupyter, as one line of text elsewhere.
     Introduced in 00_tanh_loss.
     """
-
     label: str
     lhs: object
     rhs: object
@@ -718,7 +722,6 @@ class ColourMix(keras.layers.Layer):
     the convolutions only have to draw the glyphs' coverage, which no colour changes.
     Introduced in 02_train_generator.
     """
-
     def call(self, maps, kernel, bias):
         return ops.einsum("bhwk,bkc->bhwc", maps, kernel) + bias[:, None, None, :]
 
@@ -811,7 +814,6 @@ def _atomic_write(path: str, write) -> None:
 
 
 def _write_json(path: str, obj) -> None:
-    import json
 
     def write(tmp):
         with open(tmp, "w") as f:
@@ -824,7 +826,6 @@ def _write_json(path: str, obj) -> None:
 class TrainingState:
     """What a training run needs beyond the weights to resume exactly: the next epoch, the
     curriculum level and how many epochs were spent at it. Introduced in 02_train_generator."""
-
     epoch: int = 0
     level: int = 0
     epochs_at_level: int = 0
@@ -874,7 +875,6 @@ class GeneratorTrainingCallback(keras.callbacks.Callback):
 
     Introduced in 02_train_generator.
     """
-
     def __init__(self, state: TrainingState, checkpoint_dir: str, history_path: str,
                  history: list, batch_size: int, steps: int, n_val: int = 192, seed: int = 0):
         super().__init__()
@@ -888,13 +888,11 @@ class GeneratorTrainingCallback(keras.callbacks.Callback):
         self._t0 = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        import time
 
         self.state.epoch = epoch
         self._t0 = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        import time
 
         st = self.state
         texts, truth = self.val[st.level]
@@ -922,9 +920,10 @@ class GeneratorTrainingCallback(keras.callbacks.Callback):
         self._save(small)
 
     def _save(self, progress_grid):
-        import dataclasses
 
         ckpt = self.checkpoint_dir
+        if not ckpt:  # a throw-away run (e.g. the notebook's demonstration): nothing to keep
+            return
         progress_path = os.path.join(ckpt, "progress.npz")
         old = np.load(progress_path)["grids"] if os.path.exists(progress_path) else \
             np.zeros((0,) + progress_grid.shape, np.uint8)
@@ -951,9 +950,6 @@ def train_generator(out_path: str | None = DEFAULT_GENERATOR_PATH, epochs: int =
     history to ``<out_path minus .keras>.history.json`` and the progress grids beside it.
     Returns ``(model, history)``. Introduced in 02_train_generator.
     """
-    import json
-    import shutil
-
     keras.utils.set_random_seed(seed)
     stem = os.path.splitext(out_path)[0] if out_path else None
     checkpoint_dir = checkpoint_dir or (stem + ".ckpt" if stem else None)
@@ -971,10 +967,8 @@ def train_generator(out_path: str | None = DEFAULT_GENERATOR_PATH, epochs: int =
         schedule = keras.optimizers.schedules.CosineDecay(
             learning_rate, decay_steps=epochs * steps_per_epoch, alpha=0.01)
         compile_generator(model, schedule)
-    callbacks = [GeneratorTrainingCallback(state, checkpoint_dir, history_path if out_path else None,
+    callbacks = [GeneratorTrainingCallback(state, checkpoint_dir, history_path,
                                            history, batch_size, steps_per_epoch, seed=seed)]
-    if checkpoint_dir is None:
-        callbacks[0]._save = lambda grid: None
     if state.epoch < epochs:
         model.fit(epoch_dataset(state, steps_per_epoch, batch_size, seed), epochs=epochs,
                   initial_epoch=state.epoch, callbacks=callbacks, verbose=verbose)
@@ -1181,7 +1175,6 @@ def progress_animation(grids: np.ndarray, path: str, every: int = 1, ms_per_fram
 # =====================================================================================
 
 def _png(image: np.ndarray) -> bytes:
-    import io
 
     from PIL import Image
 
@@ -1198,7 +1191,6 @@ class GeneratorWidget:
     ipywidgets container (the notebook displays the object itself).
     Introduced in 02_train_generator.
     """
-
     def __init__(self, generator: keras.Model, chars: str = "4a",
                  spec: str = "color red, backgroundcolor blue"):
         import ipywidgets as w
@@ -1239,9 +1231,6 @@ class GeneratorWidget:
 
     def update(self) -> bool:
         """Redraw for the current inputs; returns False (and shows why) on bad input."""
-        import html
-        import time
-
         try:
             chars = validate_chars(self.chars.value)
             spec = parse_spec(self.spec.value)
@@ -1288,10 +1277,6 @@ def main(argv=None) -> int:
 
     Bad chars/spec exit with status 2 and a one-line message. Introduced in 02_train_generator.
     """
-    import argparse
-    import sys
-    import time
-
     parser = argparse.ArgumentParser(prog="python t2i_utils.py", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train-generator", help="train the generator from scratch (or resume)")
