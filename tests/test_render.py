@@ -48,6 +48,19 @@ def test_fast_render_matches_reference_on_random_texts():
     assert worst <= 2, worst
 
 
+def test_direct_glyph_drawing_equals_a_text_artist_bit_for_bit():
+    # The fast path places and draws glyphs without a Text artist; it must not move a pixel.
+    rng = np.random.default_rng(1)
+    texts = [(c, *font) for c in ("WWW", "gjy", "Tw", "1", "qA") for font in u.FONTS]
+    for _ in range(120):
+        chars, spec = u.sample_text(rng, level=2)
+        d = u.parse_spec(spec)
+        texts.append((chars, d["fontfamily"], d["fontweight"], d["fontstyle"]))
+    for key in texts:
+        np.testing.assert_array_equal(u._MASK_RENDERER.coverage(*key), u._text_artist_coverage(*key),
+                                      err_msg=str(key))
+
+
 def test_render_is_not_trivially_blank():
     img = u.render("W", "color black, backgroundcolor white")
     assert img.min() == 0 and img.max() == 255
