@@ -119,6 +119,12 @@ def parse_spec(spec) -> dict:
     result = dict(SPEC_DEFAULTS)
     if spec.strip() == "":
         return result
+    for i, c in enumerate(spec):
+        if not (c.isalnum() or c.isspace() or c in "-,"):
+            raise ValueError(
+                f"spec {spec!r}: character {c!r} at position {i} is not allowed; a spec is "
+                f"'key value' pairs separated by commas, e.g. {_SPEC_EXAMPLE!r}"
+            )
     seen = set()
     for n, pair in enumerate(spec.split(","), start=1):
         words = pair.split()
@@ -148,6 +154,19 @@ def parse_spec(spec) -> dict:
             "so the text would be invisible; choose two different colours"
         )
     return result
+
+
+def as_spec(spec) -> dict:
+    """A spec as its canonical dict: text is parsed with `parse_spec`; a dict must already be
+    canonical (every key of SPEC_KEYS with an allowed value) and is returned as is. Anything else
+    raises the same clear TypeError/ValueError as `parse_spec`. Introduced in 01_data_synthesis.
+    """
+    if isinstance(spec, dict):
+        if set(spec) != set(SPEC_KEYS) or any(spec[k] not in SPEC_VALUES[k] for k in SPEC_KEYS):
+            parse_spec(", ".join(f"{k} {v}" for k, v in spec.items()))  # raises, naming the token
+            raise ValueError(f"spec dict {spec!r} must have exactly the keys {', '.join(SPEC_KEYS)}")
+        return spec
+    return parse_spec(spec)
 
 
 def format_spec(spec: dict, full: bool = False) -> str:
@@ -197,7 +216,7 @@ def encode_spec(spec) -> np.ndarray:
     key written out (defaults filled in) as its key token followed by its value token, so every
     spec has the same length and equal specs have equal ids. Introduced in 01_data_synthesis.
     """
-    d = parse_spec(spec) if isinstance(spec, str) else spec
+    d = as_spec(spec)
     return np.array(
         [_SPEC_TOKEN_ID[t] for k in SPEC_KEYS for t in (k, d[k])], np.int32
     )
@@ -286,7 +305,7 @@ def render_matplotlib(chars: str, spec) -> np.ndarray:
     Introduced in 01_data_synthesis.
     """
     validate_chars(chars)
-    d = parse_spec(spec) if isinstance(spec, str) else spec
+    d = as_spec(spec)
     fig = _new_figure(facecolor=d["backgroundcolor"])
     fig.text(
         0.5, 0.5, chars, ha="center", va="center", color=d["color"],
@@ -304,7 +323,7 @@ def render_pyplot_per_figure(chars: str, spec) -> np.ndarray:
     Introduced in 01_data_synthesis.
     """
     validate_chars(chars)
-    d = parse_spec(spec) if isinstance(spec, str) else spec
+    d = as_spec(spec)
     fig, ax = plt.subplots(1, figsize=(IMAGE_SIZE / DPI, IMAGE_SIZE / DPI), dpi=DPI,
                            facecolor=d["backgroundcolor"])
     ax.set_position([0.0, 0.0, 1.0, 1.0])
@@ -415,7 +434,7 @@ def render(chars: str, spec, size: int = IMAGE_SIZE) -> np.ndarray:
     """
     validate_chars(chars)
     size = _check_size(size)
-    d = parse_spec(spec) if isinstance(spec, str) else spec
+    d = as_spec(spec)
     cov = glyph_mask(chars, d["fontfamily"], d["fontweight"], d["fontstyle"])
     if size == IMAGE_SIZE:
         # np.take on the first axis is ~4x faster than the equivalent fancy indexing table[cov].
@@ -836,9 +855,19 @@ def generate_batch(model: keras.Model, texts, batch_size: int = 64) -> np.ndarra
     out = np.empty((len(chars_ids), IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     for i in range(0, len(chars_ids), batch_size):
         batch = {"chars": chars_ids[i:i + batch_size], "spec": spec_ids[i:i + batch_size]}
-        logits = model.predict_on_batch(batch)  # a compiled function: ~6x faster than model(batch)
-        out[i:i + batch_size] = to_uint8(np.tanh(np.asarray(logits, np.float32)))
+        out[i:i + batch_size] = to_uint8(np.tanh(_predict(model, batch)))
     return out
+
+
+def _predict(model: keras.Model, batch: dict) -> np.ndarray:
+    """``model.predict_on_batch`` (a compiled function: ~6x faster than ``model(batch)``), except
+    for a model built under a multi-replica strategy, where Keras 3.15's predict_on_batch returns
+    every replica's output stacked; ``predict`` splits the batch across replicas correctly."""
+    strategy = getattr(model, "distribute_strategy", None)
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+        n = len(next(iter(batch.values())))
+        return np.asarray(model.predict(batch, batch_size=n, verbose=0), np.float32)
+    return np.asarray(model.predict_on_batch(batch), np.float32)
 
 
 def _atomic_write(path: str, write) -> None:
@@ -853,6 +882,14 @@ def _atomic_write(path: str, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _remove_stale_temporaries(folder: str | None) -> None:
+    """Delete temporaries an interrupted `_atomic_write` left (the real files are never partial)."""
+    if folder and os.path.isdir(folder):
+        for name in os.listdir(folder):
+            if name.startswith(".") and ".tmp" in name:
+                os.remove(os.path.join(folder, name))
 
 
 def _write_json(path: str, obj) -> None:
@@ -981,7 +1018,8 @@ class GeneratorTrainingCallback(keras.callbacks.Callback):
 def train_generator(out_path: str | None = DEFAULT_GENERATOR_PATH, epochs: int = DEFAULT_EPOCHS,
                     steps_per_epoch: int = 200, batch_size: int = 32, seed: int = 0,
                     learning_rate: float = 1e-3, checkpoint_dir: str | None = None,
-                    verbose="auto", model: keras.Model | None = None, start_level: int = 0):
+                    verbose="auto", model: keras.Model | None = None, start_level: int = 0,
+                    strategy: tf.distribute.Strategy | None = None, callbacks=()):
     """Train the generator from scratch (or resume), with the curriculum over levels 0 -> 2.
 
     Data comes from `epoch_dataset`; the learning rate follows a cosine decay over all steps.
@@ -990,9 +1028,15 @@ def train_generator(out_path: str | None = DEFAULT_GENERATOR_PATH, epochs: int =
     an interrupted run restarted with the same arguments resumes there and loses at most the
     current epoch. At the end the model is saved without optimizer state to ``out_path``, its
     history to ``<out_path minus .keras>.history.json`` and the progress grids beside it.
+    ``callbacks`` are extra Keras callbacks (e.g. ``keras.callbacks.TensorBoard``).
+    ``strategy`` is a `tf.distribute.Strategy` (default: the current one, i.e. a single device).
+    The model is built, compiled or restored in its scope and ``batch_size`` is the global batch,
+    split across replicas: ``tf.distribute.MirroredStrategy()`` trains on all local GPUs,
+    ``MultiWorkerMirroredStrategy()`` on several machines described by ``TF_CONFIG``.
     Returns ``(model, history)``. Introduced in 02_train_generator.
     """
     keras.utils.set_random_seed(seed)
+    strategy = strategy or tf.distribute.get_strategy()
     stem = os.path.splitext(out_path)[0] if out_path else None
     checkpoint_dir = checkpoint_dir or (stem + ".ckpt" if stem else None)
     history_path = stem + ".history.json" if stem else None
@@ -1001,16 +1045,19 @@ def train_generator(out_path: str | None = DEFAULT_GENERATOR_PATH, epochs: int =
         with open(os.path.join(checkpoint_dir, "state.json")) as f:
             saved = json.load(f)
         state, history = TrainingState(**saved["state"]), saved["history"]
-        model = keras.models.load_model(os.path.join(checkpoint_dir, "model.keras"))
+        with strategy.scope():
+            model = keras.models.load_model(os.path.join(checkpoint_dir, "model.keras"))
         print(f"resuming from {checkpoint_dir} at epoch {state.epoch + 1}, level {state.level}")
     else:
-        if model is None:
-            model = build_generator()
-        schedule = keras.optimizers.schedules.CosineDecay(
-            learning_rate, decay_steps=epochs * steps_per_epoch, alpha=0.01)
-        compile_generator(model, schedule)
+        with strategy.scope():
+            if model is None:
+                model = build_generator()
+            schedule = keras.optimizers.schedules.CosineDecay(
+                learning_rate, decay_steps=epochs * steps_per_epoch, alpha=0.01)
+            compile_generator(model, schedule)
+    _remove_stale_temporaries(checkpoint_dir)
     callbacks = [GeneratorTrainingCallback(state, checkpoint_dir, history_path,
-                                           history, batch_size, steps_per_epoch, seed=seed)]
+                                           history, batch_size, steps_per_epoch, seed=seed), *callbacks]
     if state.epoch < epochs:
         model.fit(epoch_dataset(state, steps_per_epoch, batch_size, seed), epochs=epochs,
                   initial_epoch=state.epoch, callbacks=callbacks, verbose=verbose)
@@ -1106,7 +1153,7 @@ def score_images(texts, images, alphabet: str = ALPHABET) -> dict:
     """
     rows = {"mae": [], "chars_ok": [], "font_ok": [], "colour_ok": []}
     for (chars, spec), image in zip(texts, images):
-        d = parse_spec(spec) if isinstance(spec, str) else spec
+        d = as_spec(spec)
         truth = render(chars, d)
         d_true = _mae_to(image, truth[None])[0]
         subs = render_batch([(c, d) for c in chars_substitutions(chars, alphabet)])
@@ -1327,6 +1374,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps-per-epoch", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-n", type=int, default=500, help="texts per level and split to evaluate (0: none)")
     p = sub.add_parser("evaluate-generator", help="exact metrics per level, train vs held-out")
     p.add_argument("--model", default=DEFAULT_GENERATOR_PATH)
     p.add_argument("-n", type=int, default=500, help="texts per level and split")
@@ -1352,7 +1400,9 @@ def main(argv=None) -> int:
         train_generator(args.out, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                         batch_size=args.batch_size, seed=args.seed, verbose=2)
         print(f"trained in {time.perf_counter() - t0:.0f} s; saved {args.out}", flush=True)
-        args.model, args.n = args.out, 500
+        args.model, args.n = args.out, args.eval_n
+        if not args.n:
+            return 0
     results = evaluate_generator(load_generator(args.model), n=args.n)
     _write_json(os.path.splitext(args.model)[0] + ".evaluation.json", results)
     print(format_evaluation(results), flush=True)

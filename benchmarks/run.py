@@ -8,7 +8,8 @@ Rows:
   random level-2 texts with the mask cache cleared, so every image is drawn from scratch;
 - input pipeline: images/s that `make_dataset` delivers vs images/s a training step consumes;
 - training: images/s with the live pipeline vs from one in-memory batch (the pipeline's overhead);
-- generate: single-image latency of `generate` (median and 95th percentile), if weights exist.
+- generate: single-image latency of `generate` (median and 95th percentile), if weights exist;
+- test suite: wall time of the README's test command, `pytest --nbval` (skip with --no-suite).
 """
 import argparse
 import os
@@ -92,9 +93,21 @@ def bench_generate(n):
     return float(np.median(times)), float(np.percentile(times, 95))
 
 
+def bench_suite():
+    """Wall time of the README's test command (`pytest --nbval`), run from the repository root."""
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    t0 = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "pytest", "--nbval", "-q"], cwd=root,
+                            capture_output=True, text=True)
+    summary = (result.stdout.strip().splitlines() or ["no output"])[-1].strip("= ")
+    return time.perf_counter() - t0, summary
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-suite", action="store_true", help="skip timing the test suite")
     args = parser.parse_args()
     q = args.quick
     rows = []
@@ -111,6 +124,9 @@ def main():
     if gen:
         rows.append(("generate latency, one image", f"median {gen[0] * 1e3:.1f} ms",
                      f"95th percentile {gen[1] * 1e3:.1f} ms", ""))
+    if not args.no_suite:
+        seconds, summary = bench_suite()
+        rows.append(("test suite (pytest --nbval)", f"{seconds / 60:.1f} min wall time", summary, ""))
     print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, TensorFlow {tf.__version__}\n")
     print("| benchmark | ours | reference | result |\n|---|---|---|---|")

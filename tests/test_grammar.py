@@ -62,8 +62,8 @@ def test_non_string_inputs_raise_type_error(bad):
     ("color red,", "pair 2 is empty"),
     (",color red", "pair 1 is empty"),
     ("color red,, fontstyle italic", "pair 2 is empty"),
-    ("color red; backgroundcolor blue", "is not a 'key value' pair"),
-    ("color:red", "is not a 'key value' pair"),
+    ("color red; backgroundcolor blue", "character ';' at position 9"),
+    ("color:red", "character ':' at position 5"),
     ("color white", "both 'white'"),
     ("color red, backgroundcolor red", "both 'red'"),
 ])
