@@ -615,19 +615,21 @@ class Curriculum:
 
 
 def sample_batch(rng: np.random.Generator, batch_size: int, level: int = 2,
-                 size: int = IMAGE_SIZE, split: str = "train") -> tuple:
+                 size: int = IMAGE_SIZE, split: str = "train", as_uint8: bool = False) -> tuple:
     """One training batch: ``({"chars": ids, "spec": ids}, images)`` as numpy arrays.
 
-    The keys are the generator's input names; images are float32 in [-1, 1].
-    Introduced in 01_data_synthesis.
+    The keys are the generator's input names; images are float32 in [-1, 1], or the uint8
+    renderings with ``as_uint8=True`` (what the tf.data pipeline carries: 4x fewer bytes, and the
+    conversion then runs in TensorFlow, outside Python). Introduced in 01_data_synthesis.
     """
     texts = [sample_text(rng, level, split) for _ in range(batch_size)]
     chars_ids, spec_ids = encode_texts(texts)
-    return {"chars": chars_ids, "spec": spec_ids}, to_unit_range(render_batch(texts, size))
+    images = render_batch(texts, size)
+    return {"chars": chars_ids, "spec": spec_ids}, images if as_uint8 else to_unit_range(images)
 
 
 def batch_generator(batch_size: int, level=2, seed: int = 0, size: int = IMAGE_SIZE,
-                    split: str = "train"):
+                    split: str = "train", as_uint8: bool = False):
     """Infinite, seeded Python generator of `sample_batch` batches.
 
     ``level`` is an int or a `Curriculum` read at every batch. Whole batches are made at once,
@@ -637,16 +639,18 @@ def batch_generator(batch_size: int, level=2, seed: int = 0, size: int = IMAGE_S
     curriculum = level if isinstance(level, Curriculum) else Curriculum(level)
     rng = np.random.default_rng(seed)
     while True:
-        yield sample_batch(rng, batch_size, curriculum.level, size, split)
+        yield sample_batch(rng, batch_size, curriculum.level, size, split, as_uint8=as_uint8)
 
 
 def _batches_dataset(generator_fn, batch_size: int, size: int):
+    """tf.data from a Python generator of uint8 batches; the [-1, 1] scaling runs in TensorFlow."""
     signature = (
         {"chars": tf.TensorSpec((batch_size, MAX_CHARS), tf.int32),
          "spec": tf.TensorSpec((batch_size, SPEC_LENGTH), tf.int32)},
-        tf.TensorSpec((batch_size, size, size, 3), tf.float32),
+        tf.TensorSpec((batch_size, size, size, 3), tf.uint8),
     )
-    return tf.data.Dataset.from_generator(generator_fn, output_signature=signature)
+    ds = tf.data.Dataset.from_generator(generator_fn, output_signature=signature)
+    return ds.map(lambda x, y: (x, tf.cast(y, tf.float32) / 127.5 - 1.0))
 
 
 def make_dataset(batch_size: int = 32, level=2, seed: int = 0, size: int = IMAGE_SIZE,
@@ -658,7 +662,8 @@ def make_dataset(batch_size: int = 32, level=2, seed: int = 0, size: int = IMAGE
     background thread while the model trains. Introduced in 01_data_synthesis.
     """
     _check_size(size)
-    ds = _batches_dataset(lambda: batch_generator(batch_size, level, seed, size, split), batch_size, size)
+    ds = _batches_dataset(lambda: batch_generator(batch_size, level, seed, size, split, as_uint8=True),
+                          batch_size, size)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -942,7 +947,7 @@ def epoch_dataset(state: TrainingState, steps: int, batch_size: int, seed: int,
         rng = np.random.default_rng([seed, state.epoch])
         level = state.level
         for _ in range(steps):
-            yield sample_batch(rng, batch_size, level, size)
+            yield sample_batch(rng, batch_size, level, size, as_uint8=True)
 
     ds = _batches_dataset(batches, batch_size, size)
     return ds.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(tf.data.AUTOTUNE)

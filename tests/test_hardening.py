@@ -169,3 +169,16 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
     assert keras.models.load_model(str(ckpt / "model.keras")).optimizer.iterations.numpy() == 120
     assert not [f for f in os.listdir(ckpt) if ".tmp" in f]
     assert u.load_generator(out).output_shape == (None, 128, 128, 3)
+
+
+def test_mixed_precision_training_step_stays_finite():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        keras.utils.set_random_seed(0)
+        model = u.compile_generator(u.build_generator())
+        assert model.output.dtype == "float16"  # logits in float16: the loss must cope
+        x, y = u.sample_batch(np.random.default_rng(0), 2, level=2)
+        loss, mae = model.train_on_batch(x, y)
+        assert np.isfinite(loss) and 0.3 < loss < 1.0 and np.isfinite(mae)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
