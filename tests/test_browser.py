@@ -53,7 +53,7 @@ def lab(tmp_path_factory):
     server.wait(timeout=30)
 
 
-def test_widget_in_jupyterlab(lab):
+def test_widget_in_jupyterlab(lab, tmp_path):
     assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: apt-get install -y chromium"
     from playwright.sync_api import expect, sync_playwright
 
@@ -61,14 +61,18 @@ def test_widget_in_jupyterlab(lab):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(lab)
-        page.locator(".jp-Notebook").first.wait_for(timeout=120_000)
-        page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=120_000)
-        page.get_by_role("menuitem", name="Run", exact=True).click()
-        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-        # The widget cell: wait for its chars text box, then for the kernel to finish every cell.
-        chars = page.locator(".jupyter-widgets input[type='text']").first
-        chars.wait_for(timeout=600_000)
-        page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=600_000)
+        try:
+            page.locator(".jp-Notebook").first.wait_for(timeout=120_000)
+            page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)  # the kernel is up
+            page.get_by_role("menuitem", name="Run", exact=True).click()
+            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            # The widget cell: wait for its chars text box, then for the kernel to finish every cell.
+            chars = page.locator(".jupyter-widgets input[type='text']").first
+            chars.wait_for(timeout=420_000)
+            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=300_000)
+        except Exception:
+            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+            raise AssertionError(f"the notebook did not run to the widget; screenshot: {tmp_path / 'failure.png'}")
         assert page.get_by_text("Error displaying widget").count() == 0
         widget = chars.locator("xpath=ancestor::div[contains(@class, 'jp-OutputArea-output')][1]")
         widget.scroll_into_view_if_needed()
