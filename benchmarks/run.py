@@ -76,7 +76,7 @@ def bench_training(steps, rounds, batch_size=32):
             rates[name].append(steps * batch_size / (time.perf_counter() - t0))
     # The cost is the median of the per-round ratios: each pair of blocks ran back to back.
     cost = statistics.median(1 - lv / mem for lv, mem in zip(rates["live"], rates["memory"]))
-    return statistics.median(rates["live"]), statistics.median(rates["memory"]), cost
+    return statistics.median(rates["live"]), statistics.median(rates["memory"]), cost, rates
 
 
 def bench_generate(n):
@@ -116,12 +116,13 @@ def main():
     fast, slow, ratio = bench_render(rounds=2 if q else 5, n=100 if q else 300)
     rows.append(("rendering, fresh level-2 texts", f"fast {fast * 1e3:.2f} ms/image",
                  f"pyplot figure per image {slow * 1e3:.2f} ms/image", f"{ratio:.1f}x faster"))
-    live, memory, cost = bench_training(steps=10 if q else 30, rounds=3 if q else 7)
+    rounds = 3 if q else 7
+    live, memory, cost, blocks = bench_training(steps=10 if q else 30, rounds=rounds)
     pipe = bench_pipeline(10 if q else 40)
     rows.append(("input pipeline vs training need", f"pipeline {pipe:.0f} images/s",
                  f"training consumes {memory:.0f} images/s", f"{pipe / memory:.1f}x headroom"))
     rows.append(("training images/s", f"live pipeline {live:.0f}", f"in-memory batch {memory:.0f}",
-                 f"pipeline costs {100 * cost:+.1f} % (median of 7 paired blocks)"))
+                 f"pipeline costs {100 * cost:+.1f} % (median of {rounds} paired blocks)"))
     gen = bench_generate(20 if q else 200)
     if gen:
         rows.append(("generate latency, one image", f"median {gen[0] * 1e3:.1f} ms",
@@ -134,6 +135,8 @@ def main():
     print("| benchmark | ours | reference | result |\n|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
+    print("\nTraining blocks, images/s in running order (live, in-memory): "
+          + ", ".join(f"({lv:.0f}, {mem:.0f})" for lv, mem in zip(blocks["live"], blocks["memory"])))
 
 
 if __name__ == "__main__":

@@ -87,3 +87,18 @@ def test_curriculum_level_is_read_at_every_batch():
     inputs, _ = next(batches)
     families = {u.decode_spec(s)["fontfamily"] for s in inputs["spec"]}
     assert len(families) > 1
+
+
+@pytest.mark.parametrize("level", [0, 1, 2])
+@pytest.mark.parametrize("split", ["train", "heldout"])
+def test_sample_batch_equals_sampling_encoding_and_rendering_text(level, split):
+    # sample_batch keeps specs as dicts (no parsing); it must give exactly what the public text
+    # path gives for the same draws: sample_text, then encode_texts and render_batch.
+    x, images = u.sample_batch(np.random.default_rng(level), 24, level, split=split, as_uint8=True)
+    rng = np.random.default_rng(level)
+    texts = [u.sample_text(rng, level, split) for _ in range(24)]
+    chars_ids, spec_ids = u.encode_texts(texts)
+    np.testing.assert_array_equal(x["chars"], chars_ids)
+    np.testing.assert_array_equal(x["spec"], spec_ids)
+    np.testing.assert_array_equal(images, np.stack([u.render(c, s) for c, s in texts]))
+    assert len({s for _, s in texts}) > 1
