@@ -1115,7 +1115,7 @@ def train_generator(out_path: str | None = DEFAULT_GENERATOR_PATH, epochs: int =
                                            history, batch_size, steps_per_epoch, seed=seed), *callbacks]
     if state.epoch < epochs:
         model.fit(epoch_dataset(state, steps_per_epoch, batch_size, seed), epochs=epochs,
-                  initial_epoch=state.epoch, callbacks=callbacks, verbose=verbose)
+                  initial_epoch=state.epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
     if out_path:
         export = build_generator()
         export.set_weights(model.get_weights())
