@@ -1012,7 +1012,40 @@ def epoch_dataset(state: TrainingState, steps: int, batch_size: int, seed: int,
     return ds.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(tf.data.AUTOTUNE)
 
 
-class GeneratorTrainingCallback(keras.callbacks.Callback):
+class _EpochBookkeeping(keras.callbacks.Callback):
+    """What the generator's and the discriminator's training callbacks share: the training state,
+    the history row of an epoch and the curriculum step."""
+    def __init__(self, state: TrainingState, checkpoint_dir: str | None, history_path: str | None,
+                 history: list, batch_size: int, steps: int):
+        super().__init__()
+        self.state, self.checkpoint_dir, self.history_path = state, checkpoint_dir, history_path
+        self.history, self.batch_size, self.steps = history, batch_size, steps
+        self._t0 = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+
+        self.state.epoch = epoch
+        self._t0 = time.perf_counter()
+
+    def _row(self, epoch: int, logs, **metrics) -> dict:
+        """The history row of the epoch that just ended: Keras' logs, ``metrics`` and the bookkeeping."""
+        row = {k: float(v) for k, v in (logs or {}).items()}
+        seen = (self.history[-1]["images_seen"] if self.history else 0) + self.steps * self.batch_size
+        row.update(metrics, epoch=epoch + 1, level=self.state.level, images_seen=seen,
+                   seconds=time.perf_counter() - self._t0,
+                   learning_rate=float(ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+        return row
+
+    def _next_epoch(self, epoch: int, passed: bool, max_epochs_at_level: dict) -> None:
+        """Count the epoch at its level; move up a level if ``passed`` or after the level's maximum."""
+        st = self.state
+        st.epochs_at_level += 1
+        if st.level in max_epochs_at_level and (passed or st.epochs_at_level >= max_epochs_at_level[st.level]):
+            st.level, st.epochs_at_level = st.level + 1, 0
+        st.epoch = epoch + 1
+
+
+class GeneratorTrainingCallback(_EpochBookkeeping):
     """Per-epoch bookkeeping of `train_generator`: validation MAE at the current level, the
     curriculum, the history JSON, the progress grid and an atomic checkpoint.
 
@@ -1020,20 +1053,12 @@ class GeneratorTrainingCallback(keras.callbacks.Callback):
     """
     def __init__(self, state: TrainingState, checkpoint_dir: str, history_path: str,
                  history: list, batch_size: int, steps: int, n_val: int = 192, seed: int = 0):
-        super().__init__()
-        self.state, self.checkpoint_dir, self.history_path = state, checkpoint_dir, history_path
-        self.history, self.batch_size, self.steps = history, batch_size, steps
+        super().__init__(state, checkpoint_dir, history_path, history, batch_size, steps)
         self.val = {}
         for level in LEVELS:
             texts = sample_texts(n_val, level, seed=10_000 + 100 * seed + level)
             self.val[level] = (texts, to_unit_range(render_batch(texts)))
         self.progress_truth = render_batch(PROGRESS_TEXTS, size=64)
-        self._t0 = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-
-        self.state.epoch = epoch
-        self._t0 = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
 
@@ -1043,21 +1068,12 @@ class GeneratorTrainingCallback(keras.callbacks.Callback):
         val_mae = float(np.mean(np.abs(generated.astype(np.float32) / 127.5 - 1.0 - truth)))
         val_chars = score_images(texts[:N_VAL_CHARS], generated[:N_VAL_CHARS],
                                  _level_alphabet_and_lengths(st.level)[0])["chars_ok_mean"]
-        row = {k: float(v) for k, v in (logs or {}).items()}
-        seen = (self.history[-1]["images_seen"] if self.history else 0) + self.steps * self.batch_size
-        row.update(epoch=epoch + 1, level=st.level, val_mae=val_mae, val_chars_acc=val_chars,
-                   images_seen=seen,
-                   seconds=time.perf_counter() - self._t0,
-                   learning_rate=float(ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+        row = self._row(epoch, logs, val_mae=val_mae, val_chars_acc=val_chars)
         if logs is not None:
             logs.update(val_mae=val_mae, val_chars_acc=val_chars, level=st.level)
         self.history.append(row)
         # The curriculum decides the level of the next epoch.
-        st.epochs_at_level += 1
-        if st.level in PROMOTE_CHARS_ACC and (val_chars >= PROMOTE_CHARS_ACC[st.level]
-                                              or st.epochs_at_level >= MAX_EPOCHS_AT_LEVEL[st.level]):
-            st.level, st.epochs_at_level = st.level + 1, 0
-        st.epoch = epoch + 1
+        self._next_epoch(epoch, val_chars >= PROMOTE_CHARS_ACC.get(st.level, np.inf), MAX_EPOCHS_AT_LEVEL)
         grid = generate_batch(self.model, PROGRESS_TEXTS)
         small = grid.reshape(len(grid), 64, 2, 64, 2, 3).mean(axis=(2, 4)).round().astype(np.uint8)
         self._save(small)
@@ -1743,7 +1759,7 @@ def evaluate_discriminator(model: keras.Model, test_set: dict) -> dict:
     return {"accuracy": accuracy, "p_real": p_real}
 
 
-class DiscriminatorTrainingCallback(keras.callbacks.Callback):
+class DiscriminatorTrainingCallback(_EpochBookkeeping):
     """Per-epoch bookkeeping of `train_discriminator`: accuracy per kind on fixed validation
     examples (train texts at the current level, for the curriculum; held-out level-2 texts, for
     the record), the curriculum, the history JSON and an atomic checkpoint.
@@ -1752,40 +1768,25 @@ class DiscriminatorTrainingCallback(keras.callbacks.Callback):
     def __init__(self, state: TrainingState, generator, checkpoint_dir: str | None,
                  history_path: str | None, history: list, batch_size: int, steps: int,
                  n_val: int = 96, seed: int = 0):
-        super().__init__()
-        self.state, self.checkpoint_dir, self.history_path = state, checkpoint_dir, history_path
-        self.history, self.batch_size, self.steps = history, batch_size, steps
+        super().__init__(state, checkpoint_dir, history_path, history, batch_size, steps)
         self.val = {level: discriminator_test_set(generator, level, "train", n_val, seed=1_000 + seed)
-                    for level in LEVELS if level < max(LEVELS)}
+                    for level in D_MAX_EPOCHS_AT_LEVEL}
         self.heldout = discriminator_test_set(generator, max(LEVELS), "heldout", n_val, seed=2_000 + seed)
-        self._t0 = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-
-        self.state.epoch = epoch
-        self._t0 = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
 
         st = self.state
-        row = {k: float(v) for k, v in (logs or {}).items()}
         heldout = evaluate_discriminator(self.model, self.heldout)["accuracy"]
-        row.update({f"heldout_{k}": heldout[k] for k in (*KINDS, "overall")})
-        seen = (self.history[-1]["images_seen"] if self.history else 0) + self.steps * self.batch_size
-        row.update(epoch=epoch + 1, level=st.level, images_seen=seen,
-                   seconds=time.perf_counter() - self._t0,
-                   learning_rate=float(ops.convert_to_numpy(self.model.optimizer.learning_rate)))
-        st.epochs_at_level += 1
+        row = self._row(epoch, logs, **{f"heldout_{k}": heldout[k] for k in (*KINDS, "overall")})
+        passed = False
         if st.level in self.val:
             val = evaluate_discriminator(self.model, self.val[st.level])["accuracy"]
             row.update({f"val_{k}": val[k] for k in KINDS})
-            if (min(val["real"], val["mismatched"]) >= D_PROMOTE_ACC
-                    or st.epochs_at_level >= D_MAX_EPOCHS_AT_LEVEL[st.level]):
-                st.level, st.epochs_at_level = st.level + 1, 0
+            passed = min(val["real"], val["mismatched"]) >= D_PROMOTE_ACC
         if logs is not None:
             logs.update({k: row[k] for k in ("heldout_real", "heldout_mismatched", "heldout_generated")})
         self.history.append(row)
-        st.epoch = epoch + 1
+        self._next_epoch(epoch, passed, D_MAX_EPOCHS_AT_LEVEL)
         _save_checkpoint(self.checkpoint_dir, self.model, st, self.history, self.history_path)
 
 
