@@ -164,3 +164,8 @@ def test_shipped_generator():
     assert scores["mae_mean"] < 0.03 and scores["colour_ok_mean"] == 1.0
     evaluation = json.load(open(os.path.splitext(path)[0] + ".evaluation.json"))
     assert {(r["level"], r["split"]) for r in evaluation} == {(l, s) for l in u.LEVELS for s in ("train", "heldout")}
+    # The bar of the generator issue for level 2 held-out texts; chars is at 98.4 % (the bar is 99 %),
+    # so this guards against shipping weights worse than today's.
+    row = next(r for r in evaluation if (r["level"], r["split"]) == (2, "heldout"))
+    assert row["n"] >= 500 and row["mae"] <= 0.015 and row["font_acc"] >= 0.95 and row["colour_acc"] == 1.0
+    assert row["chars_acc"] >= 0.984
