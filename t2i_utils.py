@@ -801,6 +801,10 @@ def check_identity(label: str, lhs, rhs, assumptions=None, trials: int = 200,
 
 #: Epochs of the shipped run (each steps_per_epoch=200 batches of 32 images).
 DEFAULT_EPOCHS = 160
+#: Dtype policy the shipped run trained with. ``"mixed_bfloat16"`` (``--precision mixed_bfloat16``)
+#: keeps float32 weights and computes in bfloat16, which CPUs with AVX512_BF16 or AMX run natively
+#: (`lscpu | grep bf16`). Inference (`load_generator`) is float32 either way.
+TRAINING_PRECISION = "float32"
 MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
 DEFAULT_GENERATOR_PATH = os.path.join(MODELS_DIR, "generator.keras")
 
@@ -820,7 +824,7 @@ class ColourMix(keras.layers.Layer):
 
 def build_generator(chars_units: int = 256, spec_units: int = 64, dense_units: int = 512,
                     seed_size: int = 4, filters=(256, 128, 96, 64, 32), maps: int = 8,
-                    position_units: int = 32) -> keras.Model:
+                    position_units: int = 32, dtype: str | None = None) -> keras.Model:
     """The generator: two GRUs read chars and spec, a dense layer mixes them, and transposed
     convolutions up-sample a 4x4 feature map to 128x128x3 **logits** (``tanh`` of them is the
     image in [-1, 1]).
@@ -836,32 +840,43 @@ def build_generator(chars_units: int = 256, spec_units: int = 64, dense_units: i
     concatenated with the GRU's encoding, so the dense layer can add up "which character at
     which position" directly. Same 120-epoch schedule with and without it: level 2 reached after 18 epochs
     instead of 28, level-2 held-out chars identified 97.6 % instead of 97.4 %, MAE 0.0062 instead
-    of 0.0068. ``position_units=0`` leaves it out. Introduced in 02_train_generator.
+    of 0.0068. ``position_units=0`` leaves it out.
+
+    ``dtype`` is the Keras dtype policy of every layer (default: the global policy) but the last
+    transposed convolution, the colour heads and the output, which are always float32 so the
+    logits (and the loss) keep full precision (it costs no measurable time).
+    ``"mixed_bfloat16"`` trains with float32 weights and bfloat16 arithmetic (see
+    `TRAINING_PRECISION`); the weights are float32 under every policy, so a model built with one
+    policy takes another's weights (`train_generator` saves a float32 model).
+    Introduced in 02_train_generator.
     """
     layers = keras.layers
+    kw = {"dtype": dtype} if dtype else {}
+    head = {"dtype": "float32"}
     if seed_size * 2 ** len(filters) != IMAGE_SIZE:
         raise ValueError(f"seed_size * 2**len(filters) must be {IMAGE_SIZE}, got {seed_size}, {filters}")
     chars = keras.Input((MAX_CHARS,), dtype="int32", name="chars")
     spec = keras.Input((SPEC_LENGTH,), dtype="int32", name="spec")
-    c = layers.Embedding(CHARS_VOCAB_SIZE, 64, mask_zero=True, name="chars_embedding")(chars)
-    c = layers.GRU(chars_units, name="chars_gru")(c)
-    s = layers.Embedding(SPEC_VOCAB_SIZE, 32, name="spec_embedding")(spec)
-    s = layers.GRU(spec_units, name="spec_gru")(s)
+    c = layers.Embedding(CHARS_VOCAB_SIZE, 64, mask_zero=True, name="chars_embedding", **kw)(chars)
+    c = layers.GRU(chars_units, name="chars_gru", **kw)(c)
+    s = layers.Embedding(SPEC_VOCAB_SIZE, 32, name="spec_embedding", **kw)(spec)
+    s = layers.GRU(spec_units, name="spec_gru", **kw)(s)
     parts = [c, s]
     if position_units:
-        p = layers.Embedding(CHARS_VOCAB_SIZE, position_units, name="position_embedding")(chars)
-        parts.insert(1, layers.Flatten(name="chars_by_position")(p))
-    x = layers.Concatenate(name="text_encoding")(parts)
-    x = layers.Dense(dense_units, activation="relu", name="dense")(x)
-    x = layers.Dense(seed_size * seed_size * filters[0], activation="relu", name="seed_map")(x)
-    x = layers.Reshape((seed_size, seed_size, filters[0]))(x)
+        p = layers.Embedding(CHARS_VOCAB_SIZE, position_units, name="position_embedding", **kw)(chars)
+        parts.insert(1, layers.Flatten(name="chars_by_position", **kw)(p))
+    x = layers.Concatenate(name="text_encoding", **kw)(parts)
+    x = layers.Dense(dense_units, activation="relu", name="dense", **kw)(x)
+    x = layers.Dense(seed_size * seed_size * filters[0], activation="relu", name="seed_map", **kw)(x)
+    x = layers.Reshape((seed_size, seed_size, filters[0]), **kw)(x)
     for i, f in enumerate(filters[1:], start=1):
         x = layers.Conv2DTranspose(f, 4, strides=2, padding="same", activation="relu",
-                                   name=f"up{i}")(x)
-    coverage = layers.Conv2DTranspose(maps, 4, strides=2, padding="same", name="coverage_maps")(x)
-    kernel = layers.Reshape((maps, 3))(layers.Dense(maps * 3, name="colour_kernel")(s))
-    bias = layers.Dense(3, name="colour_bias")(s)
-    logits = ColourMix(name="logits")(coverage, kernel, bias)
+                                   name=f"up{i}", **kw)(x)
+    coverage = layers.Conv2DTranspose(maps, 4, strides=2, padding="same", name="coverage_maps",
+                                      **head)(x)
+    kernel = layers.Reshape((maps, 3), **head)(layers.Dense(maps * 3, name="colour_kernel", **head)(s))
+    bias = layers.Dense(3, name="colour_bias", **head)(s)
+    logits = ColourMix(name="logits", **head)(coverage, kernel, bias)
     return keras.Model({"chars": chars, "spec": spec}, logits, name="generator")
 
 
@@ -1095,7 +1110,8 @@ def train_generator(out_path: str | None = DEFAULT_GENERATOR_PATH, epochs: int =
                     steps_per_epoch: int = 200, batch_size: int = 32, seed: int = 0,
                     learning_rate: float = 1e-3, checkpoint_dir: str | None = None,
                     verbose="auto", model: keras.Model | None = None, start_level: int = 0,
-                    strategy: tf.distribute.Strategy | None = None, callbacks=()):
+                    strategy: tf.distribute.Strategy | None = None, callbacks=(),
+                    precision: str = TRAINING_PRECISION):
     """Train the generator from scratch (or resume), with the curriculum over levels 0 -> 2.
 
     Data comes from `epoch_dataset`; the learning rate follows a cosine decay over all steps.
@@ -1105,6 +1121,8 @@ def train_generator(out_path: str | None = DEFAULT_GENERATOR_PATH, epochs: int =
     current epoch. At the end the model is saved without optimizer state to ``out_path``, its
     history to ``<out_path minus .keras>.history.json`` and the progress grids beside it.
     ``callbacks`` are extra Keras callbacks (e.g. ``keras.callbacks.TensorBoard``).
+    ``precision`` is the dtype policy of a model built here (`build_generator`'s ``dtype``);
+    the saved ``out_path`` model is float32 whatever it is.
     ``strategy`` is a `tf.distribute.Strategy` (default: the current one, i.e. a single device).
     The model is built, compiled or restored in its scope and ``batch_size`` is the global batch,
     split across replicas: ``tf.distribute.MirroredStrategy()`` trains on all local GPUs,
@@ -1122,7 +1140,7 @@ def train_generator(out_path: str | None = DEFAULT_GENERATOR_PATH, epochs: int =
     else:
         with strategy.scope():
             if model is None:
-                model = build_generator()
+                model = build_generator(dtype=precision)
             schedule = keras.optimizers.schedules.CosineDecay(
                 learning_rate, decay_steps=epochs * steps_per_epoch, alpha=0.01)
             compile_generator(model, schedule)
@@ -1917,6 +1935,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps-per-epoch", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default=TRAINING_PRECISION, choices=("mixed_bfloat16", "float32"),
+                   help="dtype policy of the layers while training (the saved model is float32)")
     p.add_argument("--eval-n", type=int, default=500, help="texts per level and split to evaluate (0: none)")
     p = sub.add_parser("evaluate-generator", help="exact metrics per level, train vs held-out")
     p.add_argument("--model", default=DEFAULT_GENERATOR_PATH)
@@ -1953,7 +1973,7 @@ def main(argv=None) -> int:
     if args.command == "train-generator":
         t0 = time.perf_counter()
         train_generator(args.out, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-                        batch_size=args.batch_size, seed=args.seed, verbose=2)
+                        batch_size=args.batch_size, seed=args.seed, verbose=2, precision=args.precision)
         print(f"trained in {time.perf_counter() - t0:.0f} s; saved {args.out}", flush=True)
         args.model, args.n = args.out, args.eval_n
         if not args.n:
