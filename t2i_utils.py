@@ -1151,7 +1151,7 @@ def train_generator(out_path: str | None = DEFAULT_GENERATOR_PATH, epochs: int =
         model.fit(epoch_dataset(state, steps_per_epoch, batch_size, seed), epochs=epochs,
                   initial_epoch=state.epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
     if out_path:
-        export = build_generator()
+        export = build_generator(dtype="float32")  # float32 whatever the training or global policy
         export.set_weights(model.get_weights())
         _atomic_write(out_path, export.save)
         _write_json(history_path, history)
