@@ -5,7 +5,7 @@ Sections follow the notebook order, and every docstring names the notebook that 
 
 1. The text grammar (chars and spec), parsing and encoders ........ 01_data_synthesis
 2. Rendering: the matplotlib reference and the fast coloured-mask path  01_data_synthesis
-3. Sampling, the curriculum levels, the held-out rule, tf.data ..... 01_data_synthesis
+3. Sampling, levels, the held-out rule, kerned pairs, tf.data ..... 01_data_synthesis
 4. The loss made for tanh ........................................... 00_tanh_loss
 5. Symbolic checks used to audit the loss derivation ................ 00_tanh_loss
 6. The generator: model, training, checkpoints ...................... 02_train_generator
@@ -48,6 +48,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg, get_hi
 from matplotlib.colors import to_rgb  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.font_manager import FontProperties, get_font  # noqa: E402
+from matplotlib.ft2font import Kerning  # noqa: E402
 
 # =====================================================================================
 # 1. The text grammar                                        (Introduced in 01_data_synthesis)
@@ -519,7 +520,7 @@ def to_uint8(images) -> np.ndarray:
 
 
 # =====================================================================================
-# 3. Sampling, curriculum, held-out rule, tf.data            (Introduced in 01_data_synthesis)
+# 3. Sampling, curriculum, held-out rule, kerned pairs, tf.data (Introduced in 01_data_synthesis)
 # =====================================================================================
 
 #: Difficulty levels: 0 = the original's task, 1 = full alphabet, 2 = fonts too.
@@ -616,6 +617,50 @@ def _sample_text(rng: np.random.Generator, level: int, split: str) -> tuple:
     return chars, spec
 
 
+@functools.lru_cache(maxsize=None)
+def kerned_pairs(family: str = "sans-serif", weight: str = "normal", style: str = "normal",
+                 alphabet: str = ALPHABET) -> dict:
+    """``{(a, b): pixels}`` for every pair of ``alphabet`` that the font kerns (moves ``b`` by a
+    nonzero number of pixels at our size), read from the font's kerning table as the renderer
+    applies it.
+
+    Kerning belongs to the pair and follows no visible rule: DejaVu Sans pulls ``w`` 5.5 pixels
+    towards a ``T`` but ``v`` not at all. The monospace fonts kern nothing. (``UNFITTED``
+    kerning is what the renderer's layout applies, to the 1/64 pixel; tested.)
+    Introduced in 01_data_synthesis.
+    """
+    font = get_font(font_file(family, weight, style))
+    font.set_size(FONT_SIZE, DPI)
+    index = {c: font.get_char_index(ord(c)) for c in alphabet}
+    pairs = {(a, b): font.get_kerning(index[a], index[b], Kerning.UNFITTED) / 64
+             for a in alphabet for b in alphabet}
+    return {p: k for p, k in pairs.items() if k}
+
+
+def sample_kerned_text(rng: np.random.Generator, level: int = 2) -> tuple:
+    """A training text (never held out) whose chars contain a pair that its font kerns.
+
+    The spec is drawn as in `sample_text`; a kerned pair of that font is put at a random place in
+    a 2- or 3-character string, the other character uniform. Where the font kerns no pair of the
+    level's alphabet (monospace, digits), it returns `sample_text`'s draw instead. Returns the
+    spec as a dict, like the pipeline's own draws. Introduced in 01_data_synthesis.
+    """
+    chars, spec = _sample_text(rng, level, "train")
+    alphabet, lengths = _level_alphabet_and_lengths(level)
+    pairs = list(kerned_pairs(spec["fontfamily"], spec["fontweight"], spec["fontstyle"], alphabet))
+    lengths = [n for n in lengths if n >= 2]
+    if not pairs or not lengths:
+        return chars, spec
+    while True:
+        n = int(rng.choice(lengths))
+        at = int(rng.integers(n - 1))
+        pair = "".join(pairs[int(rng.integers(len(pairs)))])
+        chars = "".join(rng.choice(list(alphabet), n))
+        chars = chars[:at] + pair + chars[at + 2:]
+        if not is_held_out(chars):
+            return chars, spec
+
+
 def sample_texts(n: int, level: int = 2, seed: int = 0, split: str = "train") -> list:
     """`n` texts from `sample_text` with a fixed seed (same seed, same list).
 
@@ -639,16 +684,22 @@ class Curriculum:
 
 
 def sample_batch(rng: np.random.Generator, batch_size: int, level: int = 2,
-                 size: int = IMAGE_SIZE, split: str = "train", as_uint8: bool = False) -> tuple:
+                 size: int = IMAGE_SIZE, split: str = "train", as_uint8: bool = False,
+                 kerned_share: float = 0.0) -> tuple:
     """One training batch: ``({"chars": ids, "spec": ids}, images)`` as numpy arrays.
 
     The keys are the generator's input names; images are float32 in [-1, 1], or the uint8
     renderings with ``as_uint8=True`` (what the tf.data pipeline carries: 4x fewer bytes, and the
-    conversion then runs in TensorFlow, outside Python). Introduced in 01_data_synthesis.
+    conversion then runs in TensorFlow, outside Python). With ``kerned_share`` > 0 (train split
+    only) each text is, with that probability, a `sample_kerned_text` draw instead.
+    Introduced in 01_data_synthesis.
     """
+    if kerned_share and split != "train":
+        raise ValueError(f"kerned_share applies to the train split only, got split {split!r}")
     # Specs stay dicts from sampling to encoding and drawing: parsing text twice per image cost
     # an eighth of the pipeline's time. Same draws, same arrays as sampling text (tested).
-    texts = [_sample_text(rng, level, split) for _ in range(batch_size)]
+    texts = [sample_kerned_text(rng, level) if kerned_share and rng.random() < kerned_share
+             else _sample_text(rng, level, split) for _ in range(batch_size)]
     chars_ids, spec_ids = encode_texts(texts)
     images = render_batch(texts, size)
     return {"chars": chars_ids, "spec": spec_ids}, images if as_uint8 else to_unit_range(images)
@@ -805,6 +856,10 @@ DEFAULT_EPOCHS = 160
 #: keeps float32 weights and computes in bfloat16, which CPUs with AVX512_BF16 or AMX run natively
 #: (`lscpu | grep bf16`). Inference (`load_generator`) is float32 either way.
 TRAINING_PRECISION = "float32"
+#: Share of training texts drawn around a kerned pair (`sample_kerned_text`) in the shipped run.
+KERNED_SHARE = 0.0
+#: Width of the shipped generator's pair features (`build_generator`'s ``pair_units``; 0: none).
+PAIR_UNITS = 0
 MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
 DEFAULT_GENERATOR_PATH = os.path.join(MODELS_DIR, "generator.keras")
 
@@ -824,7 +879,8 @@ class ColourMix(keras.layers.Layer):
 
 def build_generator(chars_units: int = 256, spec_units: int = 64, dense_units: int = 512,
                     seed_size: int = 4, filters=(256, 128, 96, 64, 32), maps: int = 8,
-                    position_units: int = 32, dtype: str | None = None) -> keras.Model:
+                    position_units: int = 32, pair_units: int | None = None,
+                    dtype: str | None = None) -> keras.Model:
     """The generator: two GRUs read chars and spec, a dense layer mixes them, and transposed
     convolutions up-sample a 4x4 feature map to 128x128x3 **logits** (``tanh`` of them is the
     image in [-1, 1]).
@@ -842,6 +898,13 @@ def build_generator(chars_units: int = 256, spec_units: int = 64, dense_units: i
     instead of 28, level-2 held-out chars identified 97.6 % instead of 97.4 %, MAE 0.0062 instead
     of 0.0068. ``position_units=0`` leaves it out.
 
+    ``pair_units`` adds pair features on top of those embeddings: a width-2 ReLU convolution
+    gives, at each position, a feature of the character there together with the next one (the
+    last character together with padding), computed the same way wherever the pair stands. How far
+    apart two glyphs are drawn (kerning: ``T`` before ``w`` sits closer than before ``1``) belongs to the
+    pair, so what the pair's features learn inside 3-character training strings also serves a held-out
+    2-character string. ``None`` means `PAIR_UNITS`, the shipped model's; 0 leaves them out.
+
     ``dtype`` is the Keras dtype policy of every layer (default: the global policy) but the last
     transposed convolution, the colour heads and the output, which are always float32 so the
     logits (and the loss) keep full precision (it costs no measurable time).
@@ -853,6 +916,9 @@ def build_generator(chars_units: int = 256, spec_units: int = 64, dense_units: i
     layers = keras.layers
     kw = {"dtype": dtype} if dtype else {}
     head = {"dtype": "float32"}
+    pair_units = PAIR_UNITS if pair_units is None else pair_units
+    if pair_units and not position_units:
+        raise ValueError("pair_units needs position_units > 0 (pairs are read from those embeddings)")
     if seed_size * 2 ** len(filters) != IMAGE_SIZE:
         raise ValueError(f"seed_size * 2**len(filters) must be {IMAGE_SIZE}, got {seed_size}, {filters}")
     chars = keras.Input((MAX_CHARS,), dtype="int32", name="chars")
@@ -865,6 +931,9 @@ def build_generator(chars_units: int = 256, spec_units: int = 64, dense_units: i
     if position_units:
         p = layers.Embedding(CHARS_VOCAB_SIZE, position_units, name="position_embedding", **kw)(chars)
         parts.insert(1, layers.Flatten(name="chars_by_position", **kw)(p))
+        if pair_units:
+            q = layers.Conv1D(pair_units, 2, padding="same", activation="relu", name="pairs", **kw)(p)
+            parts.insert(2, layers.Flatten(name="pairs_by_position", **kw)(q))
     x = layers.Concatenate(name="text_encoding", **kw)(parts)
     x = layers.Dense(dense_units, activation="relu", name="dense", **kw)(x)
     x = layers.Dense(seed_size * seed_size * filters[0], activation="relu", name="seed_map", **kw)(x)
@@ -1009,19 +1078,20 @@ PROGRESS_TEXTS = (
 
 
 def epoch_dataset(state: TrainingState, steps: int, batch_size: int, seed: int,
-                  size: int = IMAGE_SIZE):
+                  size: int = IMAGE_SIZE, kerned_share: float = 0.0):
     """A finite dataset of ``steps`` batches for the epoch ``state.epoch`` at ``state.level``.
 
     Keras re-creates the iterator at each epoch, after the callbacks of the previous epoch ran,
     so the generator function reads the epoch and level then: batches of epoch ``e`` come from
     ``np.random.default_rng([seed, e])`` whatever happened before, which makes runs repeatable
-    and a resumed run draw the same data. Introduced in 02_train_generator.
+    and a resumed run draw the same data. ``kerned_share`` goes to `sample_batch`.
+    Introduced in 02_train_generator.
     """
     def batches():
         rng = np.random.default_rng([seed, state.epoch])
         level = state.level
         for _ in range(steps):
-            yield sample_batch(rng, batch_size, level, size, as_uint8=True)
+            yield sample_batch(rng, batch_size, level, size, as_uint8=True, kerned_share=kerned_share)
 
     ds = _batches_dataset(batches, batch_size, size)
     return ds.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(tf.data.AUTOTUNE)
@@ -1111,7 +1181,8 @@ def train_generator(out_path: str | None = DEFAULT_GENERATOR_PATH, epochs: int =
                     learning_rate: float = 1e-3, checkpoint_dir: str | None = None,
                     verbose="auto", model: keras.Model | None = None, start_level: int = 0,
                     strategy: tf.distribute.Strategy | None = None, callbacks=(),
-                    precision: str = TRAINING_PRECISION):
+                    precision: str = TRAINING_PRECISION, kerned_share: float = KERNED_SHARE,
+                    pair_units: int = PAIR_UNITS):
     """Train the generator from scratch (or resume), with the curriculum over levels 0 -> 2.
 
     Data comes from `epoch_dataset`; the learning rate follows a cosine decay over all steps.
@@ -1122,7 +1193,9 @@ def train_generator(out_path: str | None = DEFAULT_GENERATOR_PATH, epochs: int =
     history to ``<out_path minus .keras>.history.json`` and the progress grids beside it.
     ``callbacks`` are extra Keras callbacks (e.g. ``keras.callbacks.TensorBoard``).
     ``precision`` is the dtype policy of a model built here (`build_generator`'s ``dtype``);
-    the saved ``out_path`` model is float32 whatever it is.
+    the saved ``out_path`` model is float32 whatever it is. ``kerned_share`` is the share of
+    training texts built around a pair their font kerns (`sample_kerned_text`), and ``pair_units``
+    the width of the pair features of the model it builds (`build_generator`).
     ``strategy`` is a `tf.distribute.Strategy` (default: the current one, i.e. a single device).
     The model is built, compiled or restored in its scope and ``batch_size`` is the global batch,
     split across replicas: ``tf.distribute.MirroredStrategy()`` trains on all local GPUs,
@@ -1140,7 +1213,7 @@ def train_generator(out_path: str | None = DEFAULT_GENERATOR_PATH, epochs: int =
     else:
         with strategy.scope():
             if model is None:
-                model = build_generator(dtype=precision)
+                model = build_generator(pair_units=pair_units, dtype=precision)
             schedule = keras.optimizers.schedules.CosineDecay(
                 learning_rate, decay_steps=epochs * steps_per_epoch, alpha=0.01)
             compile_generator(model, schedule)
@@ -1148,10 +1221,12 @@ def train_generator(out_path: str | None = DEFAULT_GENERATOR_PATH, epochs: int =
     callbacks = [GeneratorTrainingCallback(state, checkpoint_dir, history_path,
                                            history, batch_size, steps_per_epoch, seed=seed), *callbacks]
     if state.epoch < epochs:
-        model.fit(epoch_dataset(state, steps_per_epoch, batch_size, seed), epochs=epochs,
+        model.fit(epoch_dataset(state, steps_per_epoch, batch_size, seed, kerned_share=kerned_share),
+                  epochs=epochs,
                   initial_epoch=state.epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
     if out_path:
-        export = build_generator(dtype="float32")  # float32 whatever the training or global policy
+        # float32 whatever the training or global policy
+        export = build_generator(pair_units=pair_units, dtype="float32")
         export.set_weights(model.get_weights())
         _atomic_write(out_path, export.save)
         _write_json(history_path, history)
@@ -1937,6 +2012,10 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", default=TRAINING_PRECISION, choices=("mixed_bfloat16", "float32"),
                    help="dtype policy of the layers while training (the saved model is float32)")
+    p.add_argument("--kerned-share", type=float, default=KERNED_SHARE,
+                   help="share of training texts drawn around a pair their font kerns")
+    p.add_argument("--pair-units", type=int, default=PAIR_UNITS,
+                   help="width of the generator's pair features (0: none)")
     p.add_argument("--eval-n", type=int, default=500, help="texts per level and split to evaluate (0: none)")
     p = sub.add_parser("evaluate-generator", help="exact metrics per level, train vs held-out")
     p.add_argument("--model", default=DEFAULT_GENERATOR_PATH)
@@ -1973,7 +2052,8 @@ def main(argv=None) -> int:
     if args.command == "train-generator":
         t0 = time.perf_counter()
         train_generator(args.out, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-                        batch_size=args.batch_size, seed=args.seed, verbose=2, precision=args.precision)
+                        batch_size=args.batch_size, seed=args.seed, verbose=2, precision=args.precision,
+                        kerned_share=args.kerned_share, pair_units=args.pair_units)
         print(f"trained in {time.perf_counter() - t0:.0f} s; saved {args.out}", flush=True)
         args.model, args.n = args.out, args.eval_n
         if not args.n:

@@ -102,3 +102,56 @@ def test_sample_batch_equals_sampling_encoding_and_rendering_text(level, split):
     np.testing.assert_array_equal(x["spec"], spec_ids)
     np.testing.assert_array_equal(images, np.stack([u.render(c, s) for c, s in texts]))
     assert len({s for _, s in texts}) > 1
+
+
+@pytest.mark.parametrize("font", [("sans-serif", "normal", "normal"), ("serif", "bold", "italic")])
+def test_kerned_pairs_are_what_the_renderer_applies(font):
+    # The second glyph of every pair sits at the first one's advance plus the pair's kerning.
+    from matplotlib.backends.backend_agg import get_hinting_flag
+    from matplotlib.font_manager import get_font
+    f = get_font(u.font_file(*font))
+    f.set_size(u.FONT_SIZE, u.DPI)
+    kerned = u.kerned_pairs(*font)
+    checked = 0
+    for a in u.ALPHABET:
+        advance = f.load_char(ord(a), flags=get_hinting_flag()).horiAdvance / 64
+        for b in u.ALPHABET:
+            glyphs = list(f._layout(a + b, flags=get_hinting_flag()))
+            if len(glyphs) == 2:  # "ff", "fi" and "fl" are one ligature glyph
+                assert glyphs[1].x - advance == pytest.approx(kerned.get((a, b), 0.0), abs=1e-6), a + b
+                checked += 1
+    assert checked > 3800 and 50 < len(kerned) < 200
+    assert kerned.get(("T", "v"), 0.0) == 0.0 and u.kerned_pairs()[("T", "w")] < -5
+    assert u.kerned_pairs("monospace", "bold", "italic") == {}
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_kerned_texts_hold_a_pair_their_font_kerns(level):
+    rng = np.random.default_rng(level)
+    texts = [u.sample_kerned_text(rng, level) for _ in range(300)]
+    fonts = set()
+    for chars, spec in texts:
+        font = (spec["fontfamily"], spec["fontweight"], spec["fontstyle"])
+        fonts.add(font)
+        kerned = u.kerned_pairs(*font)
+        assert not u.is_held_out(chars) and 1 <= len(chars) <= u.MAX_CHARS
+        assert spec["color"] != spec["backgroundcolor"]
+        if kerned:
+            assert any((a, b) in kerned for a, b in zip(chars, chars[1:])), (chars, font)
+    assert len(fonts) == (12 if level == 2 else 1)
+    assert len({c for c, _ in texts}) > 200  # spread over many pairs and neighbours
+
+
+def test_kerned_share_of_a_batch():
+    x, _ = u.sample_batch(np.random.default_rng(0), 64, 2, size=16, kerned_share=1.0)
+    texts = [(u.decode_chars(c), u.decode_spec(s)) for c, s in zip(x["chars"], x["spec"])]
+    kerned = [any(p in u.kerned_pairs(s["fontfamily"], s["fontweight"], s["fontstyle"])
+                  for p in zip(c, c[1:])) for c, s in texts if s["fontfamily"] != "monospace"]
+    assert len(kerned) > 30 and all(kerned)
+    x, _ = u.sample_batch(np.random.default_rng(0), 64, 2, size=16, kerned_share=0.0)
+    uniform = [(u.decode_chars(c), u.decode_spec(s)) for c, s in zip(x["chars"], x["spec"])]
+    share = np.mean([any(p in u.kerned_pairs(s["fontfamily"], s["fontweight"], s["fontstyle"])
+                         for p in zip(c, c[1:])) for c, s in uniform])
+    assert share < 0.3  # uniform draws rarely hold a kerned pair
+    with pytest.raises(ValueError, match="train split only"):
+        u.sample_batch(np.random.default_rng(0), 4, 2, split="heldout", kerned_share=0.5)

@@ -25,6 +25,20 @@ def test_model_shapes_and_size(untrained):
     assert untrained.count_params() < 4_000_000  # about 14 MB of float32 weights
 
 
+def test_pair_features_read_each_character_with_its_right_neighbour():
+    # The `pairs` layer sees (char i, char i+1) at position i, the last char next to padding.
+    keras.utils.set_random_seed(0)
+    model = u.build_generator(pair_units=16)
+    pairs = keras.Model(model.inputs, model.get_layer("pairs").output)
+    chars, spec = u.encode_texts([("abc", ""), ("axc", ""), ("ab", "")])
+    out = np.asarray(pairs({"chars": chars, "spec": spec}))
+    assert out.shape == (3, u.MAX_CHARS, 16)
+    changed = lambda i, j: [not np.allclose(out[i, k], out[j, k]) for k in range(u.MAX_CHARS)]
+    assert changed(0, 1) == [True, True, False]  # the middle char is in pairs 0 and 1
+    assert changed(0, 2) == [False, True, True]  # the last char is in pairs 1 and 2
+    assert "pairs" not in [layer.name for layer in u.build_generator(pair_units=0).layers]
+
+
 def test_save_and_load_give_identical_outputs(untrained, tmp_path):
     path = str(tmp_path / "g.keras")
     untrained.save(path)
@@ -127,13 +141,14 @@ def test_bfloat16_training_keeps_float32_weights_and_output(tmp_path):
     export.set_weights(model.get_weights())
     diff = np.abs(np.tanh(export.predict_on_batch(x)) - np.tanh(np.asarray(model.predict_on_batch(x), np.float32)))
     assert 0 < diff.mean() < 0.01
-    # train_generator with bfloat16 arithmetic saves a float32 model.
+    # train_generator with bfloat16 arithmetic saves a float32 model of the same architecture.
     out = str(tmp_path / "g.keras")
     trained, _ = u.train_generator(out, epochs=1, steps_per_epoch=2, batch_size=4, verbose=0,
-                                   precision="mixed_bfloat16")
+                                   precision="mixed_bfloat16", pair_units=8, kerned_share=0.5)
     assert trained.get_layer("up1").compute_dtype == "bfloat16"
     saved = u.load_generator(out)
     assert saved.get_layer("up1").compute_dtype == "float32"
+    assert saved.get_layer("pairs").output.shape == (None, u.MAX_CHARS, 8)
     for a, b in zip(saved.get_weights(), trained.get_weights()):
         np.testing.assert_array_equal(a, b)
 
