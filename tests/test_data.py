@@ -143,15 +143,15 @@ def test_kerned_texts_hold_a_pair_their_font_kerns(level):
 
 
 def test_kerned_share_of_a_batch():
+    def kerned_flags(x, skip_monospace):
+        texts = [(u.decode_chars(c), u.decode_spec(s)) for c, s in zip(x["chars"], x["spec"])]
+        return [any(p in u.kerned_pairs(s["fontfamily"], s["fontweight"], s["fontstyle"]) for p in zip(c, c[1:]))
+                for c, s in texts if not (skip_monospace and s["fontfamily"] == "monospace")]
+
     x, _ = u.sample_batch(np.random.default_rng(0), 64, 2, size=16, kerned_share=1.0)
-    texts = [(u.decode_chars(c), u.decode_spec(s)) for c, s in zip(x["chars"], x["spec"])]
-    kerned = [any(p in u.kerned_pairs(s["fontfamily"], s["fontweight"], s["fontstyle"])
-                  for p in zip(c, c[1:])) for c, s in texts if s["fontfamily"] != "monospace"]
+    kerned = kerned_flags(x, skip_monospace=True)
     assert len(kerned) > 30 and all(kerned)
     x, _ = u.sample_batch(np.random.default_rng(0), 64, 2, size=16, kerned_share=0.0)
-    uniform = [(u.decode_chars(c), u.decode_spec(s)) for c, s in zip(x["chars"], x["spec"])]
-    share = np.mean([any(p in u.kerned_pairs(s["fontfamily"], s["fontweight"], s["fontstyle"])
-                         for p in zip(c, c[1:])) for c, s in uniform])
-    assert share < 0.3  # uniform draws rarely hold a kerned pair
+    assert np.mean(kerned_flags(x, skip_monospace=False)) < 0.3  # uniform draws rarely hold a kerned pair
     with pytest.raises(ValueError, match="train split only"):
         u.sample_batch(np.random.default_rng(0), 4, 2, split="heldout", kerned_share=0.5)
