@@ -855,11 +855,11 @@ DEFAULT_EPOCHS = 160
 #: Dtype policy the shipped run trained with. ``"mixed_bfloat16"`` (``--precision mixed_bfloat16``)
 #: keeps float32 weights and computes in bfloat16, which CPUs with AVX512_BF16 or AMX run natively
 #: (`lscpu | grep bf16`). Inference (`load_generator`) is float32 either way.
-TRAINING_PRECISION = "float32"
+TRAINING_PRECISION = "mixed_bfloat16"
 #: Share of training texts drawn around a kerned pair (`sample_kerned_text`) in the shipped run.
-KERNED_SHARE = 0.0
+KERNED_SHARE = 0.25
 #: Width of the shipped generator's pair features (`build_generator`'s ``pair_units``; 0: none).
-PAIR_UNITS = 0
+PAIR_UNITS = 128
 MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
 DEFAULT_GENERATOR_PATH = os.path.join(MODELS_DIR, "generator.keras")
 
@@ -904,6 +904,9 @@ def build_generator(chars_units: int = 256, spec_units: int = 64, dense_units: i
     apart two glyphs are drawn (kerning: ``T`` before ``w`` sits closer than before ``1``) belongs to the
     pair, so what the pair's features learn inside 3-character training strings also serves a held-out
     2-character string. ``None`` means `PAIR_UNITS`, the shipped model's; 0 leaves them out.
+    On their own (128 units, uniform data) they left level-2 held-out chars at 98.4 % after 105
+    epochs, still missing kerned ``Tw``; with a quarter of kerned training texts (`KERNED_SHARE`)
+    the shipped 160-epoch run identifies all 500 held-out level-2 texts (README, Results).
 
     ``dtype`` is the Keras dtype policy of every layer (default: the global policy) but the last
     transposed convolution, the colour heads and the output, which are always float32 so the
