@@ -48,7 +48,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg, get_hi
 from matplotlib.colors import to_rgb  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.font_manager import FontProperties, get_font  # noqa: E402
-from matplotlib.ft2font import Kerning  # noqa: E402
+from matplotlib.ft2font import Kerning, RenderMode  # noqa: E402
 
 # =====================================================================================
 # 1. The text grammar                                        (Introduced in 01_data_synthesis)
@@ -351,10 +351,18 @@ class _MaskRenderer:
     is the string's measured ascent and descent, each at least the font's typographic ascender
     and descender, and its centre goes to the image centre. Calling the Agg renderer directly
     skips the artist machinery and gives the same pixels, bit for bit (tested against
-    `_text_artist_coverage`). It uses two private pieces of matplotlib's Agg backend
-    (``FT2Font._layout``, ``RendererAgg._draw_text_glyphs_and_boxes``, as in the pinned 3.11.2):
-    that bit-for-bit test is what guards a matplotlib upgrade. (``_layout`` is needed for the
-    glyphs: the fonts shape "ff" and "fi" into ligatures, one glyph for two characters.)
+    `_text_artist_coverage`).
+
+    What the artist would compute again for every string is cached per glyph: its control box
+    and advance (`FT2Font.set_text`'s measurement of a string is the pen's advance for the width
+    and the union of the glyphs' boxes for height and descent), and its anti-aliased bitmap for
+    each 1/64-pixel phase of its position (FreeType draws a glyph moved by whole pixels the same).
+    3-character strings are laid out pair by pair from cached pair layouts (`_layout`). A fresh
+    level-2 image takes 0.30 instead of 0.43-0.49 ms (`benchmarks/run.py`). It uses private pieces of matplotlib's Agg backend
+    (``FT2Font._layout``, ``_set_transform``, ``_render_glyph``, ``draw_text_image``, as in the
+    pinned 3.11.2 ``RendererAgg._draw_text_glyphs_and_boxes``): the bit-for-bit test is what
+    guards a matplotlib upgrade. (``_layout`` is needed for the glyphs: the fonts shape "ff" and
+    "fi" into ligatures, one glyph for two characters.)
     """
     def __init__(self):
         self._lock = threading.Lock()
@@ -369,6 +377,49 @@ class _MaskRenderer:
         scale = FONT_SIZE * DPI / 72 / font.get_sfnt_table("head")["unitsPerEm"]
         return os2["sTypoAscender"] * scale, -os2["sTypoDescender"] * scale
 
+    @staticmethod
+    @functools.lru_cache(maxsize=None)
+    def _short_layout(fname: str, chars: str, flags) -> tuple:
+        """``FT2Font._layout`` of 1 or 2 characters: ((font file, glyph, x, y), ...), x and y in pixels."""
+        font = get_font(fname)
+        font.set_size(FONT_SIZE, DPI)
+        return tuple((item.ft_object.fname, item.glyph_index, item.x, item.y)
+                     for item in font._layout(chars, flags=flags))
+
+    def _layout(self, fname: str, chars: str, flags) -> tuple:
+        """``FT2Font._layout`` of chars. Pen positions add up pair by pair (each is the previous one
+        plus advance and kerning), so 3 characters are the layouts of their two pairs, cached, put
+        end to end; where a pair is drawn as one glyph (a ligature), the string is laid out whole."""
+        if len(chars) <= 2:
+            return self._short_layout(fname, chars, flags)
+        glyphs = self._short_layout(fname, chars[:2], flags)
+        for i in range(1, len(chars) - 1):
+            pair = self._short_layout(fname, chars[i:i + 2], flags)
+            if len(glyphs) != i + 1 or len(pair) != 2:
+                return self._short_layout.__wrapped__(fname, chars, flags)
+            f, g, x, y = pair[1]
+            glyphs += ((f, g, glyphs[i][2] + x, y),)
+        return glyphs
+
+    @staticmethod
+    @functools.lru_cache(maxsize=None)
+    def _glyph_box(fname: str, glyph: int, flags) -> tuple:
+        """(ymin, ymax, advance) of one glyph at our size, in 1/64 pixel."""
+        font = get_font(fname)
+        font.set_size(FONT_SIZE, DPI)
+        g = font.load_glyph(glyph, flags)
+        return g.bbox[1], g.bbox[3], g.horiAdvance
+
+    @staticmethod
+    @functools.lru_cache(maxsize=1 << 16)
+    def _glyph_bitmap(fname: str, glyph: int, flags, phase_x: int, phase_y: int) -> tuple:
+        """(coverage, left, top) of one glyph drawn at (phase_x, phase_y)/64 pixel from the origin."""
+        font = get_font(fname)
+        font.set_size(FONT_SIZE, DPI)
+        font._set_transform(np.array([[0x10000, 0], [0, 0x10000]]), [phase_x, phase_y])
+        bitmap = font._render_glyph(glyph, flags, RenderMode.NORMAL)
+        return np.array(bitmap.buffer), bitmap.left, bitmap.top  # draw_text_image wants it writable
+
     def coverage(self, chars: str, family: str, weight: str, style: str) -> np.ndarray:
         min_ascent, min_descent = self._line_metrics(family, weight, style)
         font = get_font(font_file(family, weight, style))  # matplotlib's cached FT2Font
@@ -379,22 +430,25 @@ class _MaskRenderer:
                 self._gc = self._renderer.new_gc()
                 self._gc.set_foreground((0.0, 0.0, 0.0, 1.0), isRGBA=True)
             r = self._renderer
-            # What RendererAgg.get_text_width_height_descent and draw_text do, minus the font
-            # lookup by properties (a third of the time): measure, place, lay out, draw glyphs.
-            font.clear()
-            font.set_size(FONT_SIZE, DPI)
-            font.set_text(chars, 0.0, flags=flags)
-            width, height = (v / 64 for v in font.get_width_height())
-            descent = font.get_descent() / 64
-            ascent = max(height - descent, min_ascent)
+            glyphs = self._layout(font.fname, chars, flags)  # pen positions in pixels (1/64 steps)
+            boxes = [self._glyph_box(f, g, flags) for f, g, _, _ in glyphs]
+            # What FT2Font.set_text measures, in pixels: the pen's advance, and the ink's extent.
+            width = glyphs[-1][2] + boxes[-1][2] / 64
+            ymin = min(lo + round(64 * dy) for (lo, _, _), (_, _, _, dy) in zip(boxes, glyphs))
+            ymax = max(hi + round(64 * dy) for (_, hi, _), (_, _, _, dy) in zip(boxes, glyphs))
+            descent = -ymin / 64
+            ascent = max((ymax - ymin) / 64 - descent, min_ascent)
             descent = max(descent, min_descent)
             # Baseline start, in Agg's downward y: centred box of width x (ascent + descent).
             x = IMAGE_SIZE / 2 - width / 2
             y = IMAGE_SIZE - (IMAGE_SIZE / 2 + (descent - ascent) / 2)
             r.clear()
-            glyphs = ((item.ft_object, FONT_SIZE, item.glyph_index, 0, 1, item.x, item.y)
-                      for item in font._layout(chars, flags=flags))
-            r._draw_text_glyphs_and_boxes(self._gc, x, y, 0, glyphs, [])
+            for fname, glyph, dx, dy in glyphs:
+                # Where RendererAgg._draw_text_glyphs_and_boxes puts the glyph, in 1/64 pixel (y upwards).
+                px, py = round(0x40 * (x + dx)), round(0x40 * (IMAGE_SIZE - y + dy))
+                buffer, left, top = self._glyph_bitmap(fname, glyph, flags, px & 63, py & 63)
+                left, top = left + (px >> 6), top + (py >> 6)
+                r._renderer.draw_text_image(buffer, left, IMAGE_SIZE - top + buffer.shape[0], 0, self._gc)
             return np.asarray(r.buffer_rgba())[:, :, 3].copy()
 
 

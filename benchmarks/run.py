@@ -5,9 +5,12 @@
 
 Rows:
 - rendering: the fast renderer vs a new pyplot figure per image (the original's way), on fresh
-  random level-2 texts with the mask cache cleared, so every image is drawn from scratch;
+  random level-2 texts with the mask cache cleared, so every string is drawn anew (the per-pair and
+  per-glyph caches stay warm, as they are after the first seconds of training);
 - input pipeline: images/s that the training pipeline delivers vs images/s a training step consumes;
-- training: images/s with the live pipeline vs from one in-memory batch (the pipeline's overhead);
+- training: images/s with the live pipeline vs from one in-memory batch (the pipeline's overhead),
+  the shipped run's precision and kerned share, in alternating blocks of 10 steps: the median of the
+  paired ratios, and the fastest quarter of each (see `fastest_quarter`);
 - generate: single-image latency of `generate` (median and 95th percentile), if weights exist;
 - test suite: wall time of the README's test command, `pytest --nbval` (skip with --no-suite).
 """
@@ -58,12 +61,12 @@ def bench_pipeline(batches, batch_size=32):
     return batches * batch_size / (time.perf_counter() - t0)
 
 
-def bench_training(steps, rounds, batch_size=32):
+def bench_training(steps, rounds, precision, batch_size=32):
     """Images/s of the same fit() loop fed by the live pipeline and by one in-memory batch,
     alternated in blocks so both see the same machine load."""
     import keras
     keras.utils.set_random_seed(0)
-    model = u.compile_generator(u.build_generator(dtype=u.TRAINING_PRECISION))  # as the shipped run trained
+    model = u.compile_generator(u.build_generator(dtype=precision))
     state = u.TrainingState(level=2)
     live = u.epoch_dataset(state, steps, batch_size, seed=0, kerned_share=u.KERNED_SHARE)
     x, y = next(iter(live))
@@ -79,6 +82,13 @@ def bench_training(steps, rounds, batch_size=32):
     # The cost is the median of the per-round ratios: each pair of blocks ran back to back.
     cost = statistics.median(1 - lv / mem for lv, mem in zip(rates["live"], rates["memory"]))
     return statistics.median(rates["live"]), statistics.median(rates["memory"]), cost, rates
+
+
+def fastest_quarter(values):
+    """Mean of the fastest quarter of the blocks. This machine switches, every few seconds, between
+    full speed and a state where any training runs at ~188 images/s; the pipeline competes hardest
+    for the CPU at full speed, so its cost there is the one that matters."""
+    return statistics.mean(sorted(values)[-max(1, len(values) // 4):])
 
 
 def bench_generate(n):
@@ -112,19 +122,24 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-suite", action="store_true", help="skip timing the test suite")
+    parser.add_argument("--precision", default=u.TRAINING_PRECISION, choices=("mixed_bfloat16", "float32"),
+                        help="dtype policy of the training rows (default: the shipped run's)")
     args = parser.parse_args()
     q = args.quick
     rows = []
     fast, slow, ratio = bench_render(rounds=2 if q else 5, n=100 if q else 300)
     rows.append(("rendering, fresh level-2 texts", f"fast {fast * 1e3:.2f} ms/image",
                  f"pyplot figure per image {slow * 1e3:.2f} ms/image", f"{ratio:.1f}x faster"))
-    rounds = 3 if q else 7
-    live, memory, cost, blocks = bench_training(steps=10 if q else 30, rounds=rounds)
+    rounds = 4 if q else 24
+    live, memory, cost, blocks = bench_training(steps=10, rounds=rounds, precision=args.precision)
     pipe = bench_pipeline(10 if q else 40)
     rows.append(("input pipeline vs training need", f"pipeline {pipe:.0f} images/s",
                  f"training consumes {memory:.0f} images/s", f"{pipe / memory:.1f}x headroom"))
     rows.append(("training images/s", f"live pipeline {live:.0f}", f"in-memory batch {memory:.0f}",
                  f"pipeline costs {100 * cost:+.1f} % (median of {rounds} paired blocks)"))
+    top_live, top_memory = fastest_quarter(blocks["live"]), fastest_quarter(blocks["memory"])
+    rows.append(("training images/s, fastest quarter of blocks", f"live pipeline {top_live:.0f}",
+                 f"in-memory batch {top_memory:.0f}", f"pipeline costs {100 * (1 - top_live / top_memory):+.1f} %"))
     gen = bench_generate(20 if q else 200)
     if gen:
         rows.append(("generate latency, one image", f"median {gen[0] * 1e3:.1f} ms",
@@ -133,7 +148,7 @@ def main():
         seconds, summary = bench_suite()
         rows.append(("test suite (pytest --nbval)", f"{seconds / 60:.1f} min wall time", summary, ""))
     print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}, TensorFlow {tf.__version__}\n")
+          f"Python {platform.python_version()}, TensorFlow {tf.__version__}; training rows: {args.precision}\n")
     print("| benchmark | ours | reference | result |\n|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
