@@ -358,7 +358,8 @@ class _MaskRenderer:
     and the union of the glyphs' boxes for height and descent), and its anti-aliased bitmap for
     each 1/64-pixel phase of its position (FreeType draws a glyph moved by whole pixels the same).
     3-character strings are laid out pair by pair from cached pair layouts (`_layout`). A fresh
-    level-2 image takes 0.30 instead of 0.43-0.49 ms (`benchmarks/run.py`). It uses private pieces of matplotlib's Agg backend
+    level-2 image takes 0.30 instead of 0.43-0.49 ms, 0.17 once every pair is laid out (`warm_up`;
+    `benchmarks/run.py`). It uses private pieces of matplotlib's Agg backend
     (``FT2Font._layout``, ``_set_transform``, ``_render_glyph``, ``draw_text_image``, as in the
     pinned 3.11.2 ``RendererAgg._draw_text_glyphs_and_boxes``): the bit-for-bit test is what
     guards a matplotlib upgrade. (``_layout`` is needed for the glyphs: the fonts shape "ff" and
@@ -419,6 +420,17 @@ class _MaskRenderer:
         font._set_transform(np.array([[0x10000, 0], [0, 0x10000]]), [phase_x, phase_y])
         bitmap = font._render_glyph(glyph, flags, RenderMode.NORMAL)
         return np.array(bitmap.buffer), bitmap.left, bitmap.top  # draw_text_image wants it writable
+
+    def warm_up(self, alphabet: str = ALPHABET):
+        """Lay out every pair of ``alphabet`` in every font once (about 46,000 layouts, seconds): the
+        cache state that a training run reaches after its first few hundred thousand images."""
+        flags = get_hinting_flag()
+        with self._lock:
+            for font in FONTS:
+                fname = font_file(*font)
+                for a in alphabet:
+                    for b in alphabet:
+                        self._short_layout(fname, a + b, flags)
 
     def coverage(self, chars: str, family: str, weight: str, style: str) -> np.ndarray:
         min_ascent, min_descent = self._line_metrics(family, weight, style)

@@ -5,8 +5,9 @@
 
 Rows:
 - rendering: the fast renderer vs a new pyplot figure per image (the original's way), on fresh
-  random level-2 texts with the mask cache cleared, so every string is drawn anew (the per-pair and
-  per-glyph caches stay warm, as they are after the first seconds of training);
+  random level-2 texts with the mask cache cleared, so every string is drawn anew (the per-pair
+  layouts are warmed up first, and per-glyph caches stay warm, as in a training run after its first
+  few hundred thousand images);
 - input pipeline: images/s that the training pipeline delivers vs images/s a training step consumes;
 - training: images/s with the live pipeline vs from one in-memory batch (the pipeline's overhead),
   the shipped run's precision and kerned share, in alternating blocks of 10 steps: the median of the
@@ -30,6 +31,7 @@ import t2i_utils as u  # noqa: E402
 
 
 def bench_render(rounds, n):
+    u._MASK_RENDERER.warm_up()  # pair layouts as in a long run; masks are cleared below
     for c, s in u.sample_texts(30, 2, seed=999):  # load fonts and warm both paths up
         u.render(c, s)
         u.render_pyplot_per_figure(c, s)
