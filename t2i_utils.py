@@ -379,13 +379,15 @@ class _MaskRenderer:
         return os2["sTypoAscender"] * scale, -os2["sTypoDescender"] * scale
 
     @staticmethod
-    @functools.lru_cache(maxsize=None)
-    def _short_layout(fname: str, chars: str, flags) -> tuple:
-        """``FT2Font._layout`` of 1 or 2 characters: ((font file, glyph, x, y), ...), x and y in pixels."""
+    def _font_layout(fname: str, chars: str, flags) -> tuple:
+        """``FT2Font._layout`` of chars: ((font file, glyph, x, y), ...), x and y in pixels."""
         font = get_font(fname)
         font.set_size(FONT_SIZE, DPI)
         return tuple((item.ft_object.fname, item.glyph_index, item.x, item.y)
                      for item in font._layout(chars, flags=flags))
+
+    #: `_font_layout` of 1 or 2 characters, cached (62 + 62**2 strings per font at most).
+    _short_layout = staticmethod(functools.lru_cache(maxsize=None)(_font_layout.__func__))
 
     def _layout(self, fname: str, chars: str, flags) -> tuple:
         """``FT2Font._layout`` of chars. Pen positions add up pair by pair (each is the previous one
@@ -397,7 +399,7 @@ class _MaskRenderer:
         for i in range(1, len(chars) - 1):
             pair = self._short_layout(fname, chars[i:i + 2], flags)
             if len(glyphs) != i + 1 or len(pair) != 2:
-                return self._short_layout.__wrapped__(fname, chars, flags)
+                return self._font_layout(fname, chars, flags)
             f, g, x, y = pair[1]
             glyphs += ((f, g, glyphs[i][2] + x, y),)
         return glyphs
@@ -434,7 +436,7 @@ class _MaskRenderer:
 
     def coverage(self, chars: str, family: str, weight: str, style: str) -> np.ndarray:
         min_ascent, min_descent = self._line_metrics(family, weight, style)
-        font = get_font(font_file(family, weight, style))  # matplotlib's cached FT2Font
+        fname = font_file(family, weight, style)
         flags = get_hinting_flag()
         with self._lock:
             if self._renderer is None:
@@ -442,7 +444,7 @@ class _MaskRenderer:
                 self._gc = self._renderer.new_gc()
                 self._gc.set_foreground((0.0, 0.0, 0.0, 1.0), isRGBA=True)
             r = self._renderer
-            glyphs = self._layout(font.fname, chars, flags)  # pen positions in pixels (1/64 steps)
+            glyphs = self._layout(fname, chars, flags)  # pen positions in pixels (1/64 steps)
             boxes = [self._glyph_box(f, g, flags) for f, g, _, _ in glyphs]
             # What FT2Font.set_text measures, in pixels: the pen's advance, and the ink's extent.
             width = glyphs[-1][2] + boxes[-1][2] / 64
@@ -455,10 +457,10 @@ class _MaskRenderer:
             x = IMAGE_SIZE / 2 - width / 2
             y = IMAGE_SIZE - (IMAGE_SIZE / 2 + (descent - ascent) / 2)
             r.clear()
-            for fname, glyph, dx, dy in glyphs:
+            for glyph_file, glyph, dx, dy in glyphs:
                 # Where RendererAgg._draw_text_glyphs_and_boxes puts the glyph, in 1/64 pixel (y upwards).
                 px, py = round(0x40 * (x + dx)), round(0x40 * (IMAGE_SIZE - y + dy))
-                buffer, left, top = self._glyph_bitmap(fname, glyph, flags, px & 63, py & 63)
+                buffer, left, top = self._glyph_bitmap(glyph_file, glyph, flags, px & 63, py & 63)
                 left, top = left + (px >> 6), top + (py >> 6)
                 r._renderer.draw_text_image(buffer, left, IMAGE_SIZE - top + buffer.shape[0], 0, self._gc)
             return np.asarray(r.buffer_rgba())[:, :, 3].copy()
