@@ -275,6 +275,7 @@ _FONT_FILES = {
 }
 
 
+@functools.lru_cache(maxsize=None)
 def font_file(family: str, weight: str, style: str) -> str:
     """Path of the DejaVu font file shipped inside matplotlib for a (family, weight, style).
 
@@ -358,8 +359,8 @@ class _MaskRenderer:
     and the union of the glyphs' boxes for height and descent), and its anti-aliased bitmap for
     each 1/64-pixel phase of its position (FreeType draws a glyph moved by whole pixels the same).
     3-character strings are laid out pair by pair from cached pair layouts (`_layout`). A fresh
-    level-2 image takes 0.30 instead of 0.43-0.49 ms, 0.17 once every pair is laid out (`warm_up`;
-    `benchmarks/run.py`). It uses private pieces of matplotlib's Agg backend
+    level-2 image takes 0.11 ms once every pair is laid out (`warm_up`; `benchmarks/run.py`),
+    colouring only the box that holds the ink (`draw`). It uses private pieces of matplotlib's Agg backend
     (``FT2Font._layout``, ``_set_transform``, ``_render_glyph``, ``draw_text_image``, as in the
     pinned 3.11.2 ``RendererAgg._draw_text_glyphs_and_boxes``): the bit-for-bit test is what
     guards a matplotlib upgrade. (``_layout`` is needed for the glyphs: the fonts shape "ff" and
@@ -435,6 +436,13 @@ class _MaskRenderer:
                         self._short_layout(fname, a + b, flags)
 
     def coverage(self, chars: str, family: str, weight: str, style: str) -> np.ndarray:
+        """The coverage mask of chars in one font: uint8 (128, 128), 255 = fully inked."""
+        return self.draw(chars, family, weight, style)[0]
+
+    def draw(self, chars: str, family: str, weight: str, style: str) -> tuple:
+        """``(coverage, (row0, row1, col0, col1))``: the mask and a box that holds all its ink (the
+        union of the glyph bitmaps drawn, clipped to the canvas; tested), so colouring can skip
+        the rest, most of a level-2 image."""
         min_ascent, min_descent = self._line_metrics(family, weight, style)
         fname = font_file(family, weight, style)
         flags = get_hinting_flag()
@@ -457,13 +465,19 @@ class _MaskRenderer:
             x = IMAGE_SIZE / 2 - width / 2
             y = IMAGE_SIZE - (IMAGE_SIZE / 2 + (descent - ascent) / 2)
             r.clear()
+            row0 = col0 = IMAGE_SIZE
+            row1 = col1 = 0
             for glyph_file, glyph, dx, dy in glyphs:
                 # Where RendererAgg._draw_text_glyphs_and_boxes puts the glyph, in 1/64 pixel (y upwards).
                 px, py = round(0x40 * (x + dx)), round(0x40 * (IMAGE_SIZE - y + dy))
                 buffer, left, top = self._glyph_bitmap(glyph_file, glyph, flags, px & 63, py & 63)
                 left, top = left + (px >> 6), top + (py >> 6)
-                r._renderer.draw_text_image(buffer, left, IMAGE_SIZE - top + buffer.shape[0], 0, self._gc)
-            return np.asarray(r.buffer_rgba())[:, :, 3].copy()
+                height, width = buffer.shape
+                r._renderer.draw_text_image(buffer, left, IMAGE_SIZE - top + height, 0, self._gc)
+                row0, row1 = min(row0, IMAGE_SIZE - top), max(row1, IMAGE_SIZE - top + height)
+                col0, col1 = min(col0, left), max(col1, left + width)
+            box = (max(row0, 0), max(min(row1, IMAGE_SIZE), 0), max(col0, 0), max(min(col1, IMAGE_SIZE), 0))
+            return np.asarray(r.buffer_rgba())[:, :, 3].copy(), box
 
 
 def _text_artist_coverage(chars: str, family: str, weight: str, style: str) -> np.ndarray:
@@ -483,15 +497,22 @@ MASK_CACHE_SIZE = 4096
 
 
 @functools.lru_cache(maxsize=MASK_CACHE_SIZE)
+def _mask_and_ink_box(chars: str, family: str, weight: str, style: str) -> tuple:
+    """`glyph_mask`'s cache: the read-only mask and the box that holds its ink (`_MaskRenderer.draw`)."""
+    mask, box = _MASK_RENDERER.draw(chars, family, weight, style)
+    mask.setflags(write=False)
+    return mask, box
+
+
 def glyph_mask(chars: str, family: str = "sans-serif", weight: str = "normal",
                style: str = "normal") -> np.ndarray:
-    """Coverage mask (uint8, 128 x 128, 255 = fully inked) of chars in one font, cached.
-
-    Introduced in 01_data_synthesis.
+    """Coverage mask (uint8, 128 x 128, 255 = fully inked) of chars in one font, cached
+    (`glyph_mask.cache_clear()` empties the cache). Introduced in 01_data_synthesis.
     """
-    mask = _MASK_RENDERER.coverage(chars, family, weight, style)
-    mask.setflags(write=False)
-    return mask
+    return _mask_and_ink_box(chars, family, weight, style)[0]
+
+
+glyph_mask.cache_clear = _mask_and_ink_box.cache_clear
 
 
 def _check_size(size: int) -> int:
@@ -517,10 +538,17 @@ def _render_into(chars: str, spec, size: int, out: np.ndarray | None) -> np.ndar
     validate_chars(chars)
     size = _check_size(size)
     d = as_spec(spec)
-    cov = glyph_mask(chars, d["fontfamily"], d["fontweight"], d["fontstyle"])
+    cov, (row0, row1, col0, col1) = _mask_and_ink_box(chars, d["fontfamily"], d["fontweight"], d["fontstyle"])
     if size == IMAGE_SIZE:
-        # np.take on the first axis is ~4x faster than the equivalent fancy indexing table[cov].
-        return np.take(_colour_table(d["color"], d["backgroundcolor"]), cov, axis=0, out=out)
+        # Background everywhere (one copy), then the colour lookup over the ink's box only (a few
+        # glyphs in a 128 x 128 image). np.take on the first axis is ~4x faster than the equivalent
+        # fancy indexing table[cov].
+        table = _colour_table(d["color"], d["backgroundcolor"])
+        if out is None:
+            out = np.empty((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+        out[...] = _background_image(d["backgroundcolor"])
+        np.take(table, cov[row0:row1, col0:col1], axis=0, out=out[row0:row1, col0:col1])
+        return out
     f = IMAGE_SIZE // size
     cov = cov.reshape(size, f, size, f).mean(axis=(1, 3), dtype=np.float64)
     fg = color_rgb(d["color"]) * 255.0
@@ -539,6 +567,15 @@ def _colour_table(color: str, backgroundcolor: str) -> np.ndarray:
     table = np.rint(bg + (np.arange(256)[:, None] / 255.0) * (fg - bg)).astype(np.uint8)
     table.setflags(write=False)
     return table
+
+
+@functools.lru_cache(maxsize=None)
+def _background_image(backgroundcolor: str) -> np.ndarray:
+    """A read-only (128, 128, 3) uint8 image of one colour: `_colour_table`'s entry for no ink."""
+    pixel = np.rint(color_rgb(backgroundcolor) * 255.0).astype(np.uint8)
+    image = np.ascontiguousarray(np.broadcast_to(pixel, (IMAGE_SIZE, IMAGE_SIZE, 3)))
+    image.setflags(write=False)
+    return image
 
 
 def render_batch(texts, size: int = IMAGE_SIZE) -> np.ndarray:
@@ -658,13 +695,19 @@ def sample_text(rng: np.random.Generator, level: int = 2, split: str = "train") 
     return chars, f"color {spec['color']}, backgroundcolor {spec['backgroundcolor']}"
 
 
+def _random_chars(rng: np.random.Generator, alphabet: str, n: int) -> str:
+    """``n`` characters drawn uniformly from ``alphabet``: the draws of ``rng.choice(list(alphabet), n)``
+    (``choice`` calls ``integers`` so; tested), at a third of its cost."""
+    return "".join([alphabet[i] for i in rng.integers(0, len(alphabet), n).tolist()])
+
+
 def _sample_text(rng: np.random.Generator, level: int, split: str) -> tuple:
     """`sample_text`'s draw, with the spec as its canonical dict (the pipeline skips parsing)."""
     alphabet, lengths = _level_alphabet_and_lengths(level)
     if split == "train":
-        n = int(rng.choice(lengths))
+        n = lengths[int(rng.integers(len(lengths)))]
         while True:
-            chars = "".join(rng.choice(list(alphabet), n))
+            chars = _random_chars(rng, alphabet, n)
             if not is_held_out(chars):
                 break
     elif split == "heldout":
@@ -720,10 +763,10 @@ def sample_kerned_text(rng: np.random.Generator, level: int = 2) -> tuple:
     if not pairs or not lengths:
         return chars, spec
     while True:
-        n = int(rng.choice(lengths))
+        n = lengths[int(rng.integers(len(lengths)))]
         at = int(rng.integers(n - 1))
         pair = "".join(pairs[int(rng.integers(len(pairs)))])
-        chars = "".join(rng.choice(list(alphabet), n))
+        chars = _random_chars(rng, alphabet, n)
         chars = chars[:at] + pair + chars[at + 2:]
         if not is_held_out(chars):
             return chars, spec
@@ -787,6 +830,54 @@ def batch_generator(batch_size: int, level=2, seed: int = 0, size: int = IMAGE_S
         yield sample_batch(rng, batch_size, curriculum.level, size, split, as_uint8=as_uint8)
 
 
+#: glibc ``mallopt`` parameters (malloc.h) and the values `reuse_freed_memory` sets.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+REUSED_MEMORY_BYTES = {"mmap_threshold": 32 << 20, "trim_threshold": 256 << 20}
+#: Whether the pipeline calls `reuse_freed_memory` as it starts (the benchmark turns it off to compare).
+REUSE_FREED_MEMORY = True
+
+
+@functools.lru_cache(maxsize=None)
+def _libc_mallopt():
+    """glibc's ``mallopt``, or None on a C library without it (macOS, musl)."""
+    import ctypes
+    import ctypes.util
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return None
+
+
+def reuse_freed_memory() -> bool:
+    """Let glibc's malloc keep freed buffers for reuse; True where it applied (Linux, glibc).
+
+    The first time a `tf.data.Dataset.from_generator` iterator runs, TensorFlow sets glibc's
+    ``M_TRIM_THRESHOLD`` to 128 KiB (it logs "Memory patch applied"). That also freezes the size
+    above which malloc maps fresh pages from the system at 128 KiB, so every larger buffer (a batch
+    of images, each training step's activations) is mapped, faulted in page by page, zeroed and
+    unmapped again, thousands of page faults per training step. After this call, buffers up to
+    32 MiB come from malloc's heap, and up to 256 MiB of freed heap stays there for the next step
+    (tested: a 6 MiB batch allocated again costs no page faults). `benchmarks/run.py` measures
+    in-memory training under both settings side by side. The pipeline calls this as it starts
+    (after TensorFlow's setting). Introduced in 01_data_synthesis.
+    """
+    mallopt = _libc_mallopt()
+    if mallopt is None:
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, REUSED_MEMORY_BYTES["mmap_threshold"])
+                and mallopt(_M_TRIM_THRESHOLD, REUSED_MEMORY_BYTES["trim_threshold"]))
+
+
+def _from_generator(generator_fn, signature):
+    """`tf.data.Dataset.from_generator`, calling `reuse_freed_memory` each time the generator starts
+    (unless `REUSE_FREED_MEMORY` is False)."""
+    def batches():
+        if REUSE_FREED_MEMORY:
+            reuse_freed_memory()
+        yield from generator_fn()
+    return tf.data.Dataset.from_generator(batches, output_signature=signature)
+
+
 def _batches_dataset(generator_fn, batch_size: int, size: int):
     """tf.data from a Python generator of uint8 batches; the [-1, 1] scaling runs in TensorFlow."""
     signature = (
@@ -794,7 +885,7 @@ def _batches_dataset(generator_fn, batch_size: int, size: int):
          "spec": tf.TensorSpec((batch_size, SPEC_LENGTH), tf.int32)},
         tf.TensorSpec((batch_size, size, size, 3), tf.uint8),
     )
-    ds = tf.data.Dataset.from_generator(generator_fn, output_signature=signature)
+    ds = _from_generator(generator_fn, signature)
     return ds.map(lambda x, y: (x, tf.cast(y, tf.float32) / 127.5 - 1.0))
 
 
@@ -1866,7 +1957,7 @@ def discriminator_dataset(state: TrainingState, steps: int, batch_size: int, see
          "chars": tf.TensorSpec((batch_size, MAX_CHARS), tf.int32),
          **{k: tf.TensorSpec((batch_size,), tf.int32) for k in SPEC_KEYS}},
     )
-    ds = tf.data.Dataset.from_generator(batches, output_signature=signature)
+    ds = _from_generator(batches, signature)
     return ds.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(tf.data.AUTOTUNE)
 
 

@@ -12,6 +12,8 @@ Rows:
 - training: images/s with the live pipeline vs from one in-memory batch (the pipeline's overhead),
   the shipped run's precision and kerned share, in alternating blocks of 10 steps: the median of the
   paired ratios, and the fastest quarter of each (see `fastest_quarter`);
+- malloc: in-memory training under TensorFlow's malloc setting vs `reuse_freed_memory` (the
+  pipeline's default), alternated in blocks of 10 steps, fastest quarter of each;
 - generate: single-image latency of `generate` (median and 95th percentile), if weights exist;
 - test suite: wall time of the README's test command, `pytest --nbval` (skip with --no-suite).
 """
@@ -86,6 +88,35 @@ def bench_training(steps, rounds, precision, batch_size=32):
     return statistics.median(rates["live"]), statistics.median(rates["memory"]), cost, rates
 
 
+def tensorflow_malloc_setting():
+    """What TensorFlow's first from_generator iterator leaves: glibc's trim threshold at 128 KiB,
+    which also fixes the mmap threshold there (see `t2i_utils.reuse_freed_memory`)."""
+    mallopt = u._libc_mallopt()
+    return bool(mallopt and mallopt(u._M_TRIM_THRESHOLD, 128 << 10) and mallopt(u._M_MMAP_THRESHOLD, 128 << 10))
+
+
+def bench_malloc(steps, rounds, precision, batch_size=32):
+    """Images/s of fit() on one in-memory batch under TensorFlow's malloc setting and under
+    `reuse_freed_memory`, alternated in blocks; None where mallopt is missing (not glibc)."""
+    import keras
+    if not tensorflow_malloc_setting():
+        return None
+    keras.utils.set_random_seed(0)
+    model = u.compile_generator(u.build_generator(dtype=precision))
+    x, y = u.sample_batch(np.random.default_rng(0), batch_size, 2)
+    memory = tf.data.Dataset.from_tensors((x, y)).repeat(steps)
+    model.fit(memory.take(3), verbose=0)
+    rates = {"tensorflow": [], "reuse": []}
+    for _ in range(rounds):
+        for name, apply in (("tensorflow", tensorflow_malloc_setting), ("reuse", u.reuse_freed_memory)):
+            apply()
+            t0 = time.perf_counter()
+            model.fit(memory, verbose=0)
+            rates[name].append(steps * batch_size / (time.perf_counter() - t0))
+    u.reuse_freed_memory()
+    return rates
+
+
 def fastest_quarter(values):
     """Mean of the fastest quarter of the blocks. This machine switches, every few seconds, between
     full speed and a state where any training runs at ~188 images/s; the pipeline competes hardest
@@ -142,6 +173,11 @@ def main():
     top_live, top_memory = fastest_quarter(blocks["live"]), fastest_quarter(blocks["memory"])
     rows.append(("training images/s, fastest quarter of blocks", f"live pipeline {top_live:.0f}",
                  f"in-memory batch {top_memory:.0f}", f"pipeline costs {100 * (1 - top_live / top_memory):+.1f} %"))
+    malloc = bench_malloc(steps=10, rounds=4 if q else 12, precision=args.precision)
+    if malloc:
+        top_tf, top_reuse = fastest_quarter(malloc["tensorflow"]), fastest_quarter(malloc["reuse"])
+        rows.append(("training images/s (in-memory batch), fastest quarter", f"reuse_freed_memory {top_reuse:.0f}",
+                     f"TensorFlow's malloc setting {top_tf:.0f}", f"{100 * (top_reuse / top_tf - 1):+.1f} %"))
     gen = bench_generate(20 if q else 200)
     if gen:
         rows.append(("generate latency, one image", f"median {gen[0] * 1e3:.1f} ms",
@@ -156,6 +192,9 @@ def main():
         print("| " + " | ".join(row) + " |")
     print("\nTraining blocks, images/s in running order (live, in-memory): "
           + ", ".join(f"({lv:.0f}, {mem:.0f})" for lv, mem in zip(blocks["live"], blocks["memory"])))
+    if malloc:
+        print("\nIn-memory blocks, images/s in running order (TensorFlow's malloc setting, reuse_freed_memory): "
+              + ", ".join(f"({a:.0f}, {b:.0f})" for a, b in zip(malloc["tensorflow"], malloc["reuse"])))
 
 
 if __name__ == "__main__":

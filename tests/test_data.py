@@ -156,3 +156,55 @@ def test_kerned_share_of_a_batch():
     assert np.mean(kerned_flags(x, skip_monospace=False)) < 0.3  # uniform draws rarely hold a kerned pair
     with pytest.raises(ValueError, match="train split only"):
         u.sample_batch(np.random.default_rng(0), 4, 2, split="heldout", kerned_share=0.5)
+
+
+def _choice_reference_draw(rng, level, split):
+    """`_sample_text`'s train draw as first written, with ``rng.choice``: the stream to keep."""
+    alphabet, lengths = u._level_alphabet_and_lengths(level)
+    n = int(rng.choice(lengths))
+    while True:
+        chars = "".join(rng.choice(list(alphabet), n))
+        if not u.is_held_out(chars):
+            break
+    bg = u.COLORS[int(rng.integers(len(u.COLORS)))]
+    fg = bg
+    while fg == bg:
+        fg = u.COLORS[int(rng.integers(len(u.COLORS)))]
+    font = u.FONTS[int(rng.integers(len(u.FONTS)))] if level == 2 else None
+    return chars, fg, bg, font
+
+
+@pytest.mark.parametrize("level", [0, 1, 2])
+def test_sampling_draws_what_rng_choice_drew(level):
+    # `_random_chars` replaced rng.choice for speed; the data stream of every seed must not change
+    # (the shipped weights were trained on it).
+    a, b = np.random.default_rng(level), np.random.default_rng(level)
+    for _ in range(2000):
+        chars, spec = u._sample_text(a, level, "train")
+        font = (spec["fontfamily"], spec["fontweight"], spec["fontstyle"]) if level == 2 else None
+        assert (chars, spec["color"], spec["backgroundcolor"], font) == _choice_reference_draw(b, level, "train")
+    rng = np.random.default_rng(7)
+    assert u._random_chars(np.random.default_rng(7), u.ALPHABET, 3) == "".join(rng.choice(list(u.ALPHABET), 3))
+
+
+def test_reuse_freed_memory_stops_page_faults_on_batch_sized_buffers():
+    resource = pytest.importorskip("resource")
+    if not u.reuse_freed_memory():
+        pytest.skip("needs glibc's mallopt")
+
+    def faults():
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(20):
+            np.ones((32, 128, 128, 3), np.float32)  # one float batch of images, 6 MiB
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    faults()  # the heap grows once
+    assert faults() < 300
+    # TensorFlow's setting (what a from_generator iterator leaves): every buffer is mapped anew.
+    mallopt = u._libc_mallopt()
+    mallopt(u._M_TRIM_THRESHOLD, 128 << 10)
+    mallopt(u._M_MMAP_THRESHOLD, 128 << 10)
+    try:
+        assert faults() > 2000  # ~9,800 here: each 6 MiB buffer is faulted in anew
+    finally:
+        u.reuse_freed_memory()

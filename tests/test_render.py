@@ -105,3 +105,26 @@ def test_pyplot_baseline_draws_the_same_picture():
         a = u.render_pyplot_per_figure(chars, spec).astype(int)
         assert a.shape == (128, 128, 3)
         assert np.abs(a - u.render_matplotlib(chars, spec)).max() <= 2
+
+
+def test_ink_box_holds_all_ink_and_is_tight():
+    # Colouring looks up only the box that `_MaskRenderer.draw` reports; ink outside it would be lost.
+    texts = u.sample_texts(400, 2, seed=5) + [(c, "") for c in ("WWW", "gjy", "Twa", "afl", "1")]
+    for chars, spec in texts:
+        d = u.as_spec(spec)
+        mask, (row0, row1, col0, col1) = u._MASK_RENDERER.draw(chars, d["fontfamily"], d["fontweight"], d["fontstyle"])
+        ys, xs = np.nonzero(mask)
+        assert row0 <= ys.min() and ys.max() < row1 and col0 <= xs.min() and xs.max() < col1, (chars, d)
+        assert ys.min() - row0 <= 1 and row1 - 1 - ys.max() <= 1, (chars, d)
+        assert xs.min() - col0 <= 1 and col1 - 1 - xs.max() <= 1, (chars, d)
+
+
+def test_render_colours_every_pixel_from_the_mask():
+    # Background first, then the lookup over the ink box: the same image as the lookup everywhere.
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        chars, spec = u.sample_text(rng, level=2)
+        d = u.parse_spec(spec)
+        table = u._colour_table(d["color"], d["backgroundcolor"])
+        expected = table[u.glyph_mask(chars, d["fontfamily"], d["fontweight"], d["fontstyle"])]
+        np.testing.assert_array_equal(u.render(chars, spec), expected, err_msg=f"{chars} {spec}")
