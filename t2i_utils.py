@@ -833,7 +833,7 @@ def batch_generator(batch_size: int, level=2, seed: int = 0, size: int = IMAGE_S
 #: glibc ``mallopt`` parameters (malloc.h) and the values `reuse_freed_memory` sets.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 REUSED_MEMORY_BYTES = {"mmap_threshold": 32 << 20, "trim_threshold": 256 << 20}
-#: Whether the pipeline calls `reuse_freed_memory` as it starts (the benchmark turns it off to compare).
+#: Whether the pipeline calls `reuse_freed_memory` as it starts (False keeps TensorFlow's malloc setting).
 REUSE_FREED_MEMORY = True
 
 
@@ -885,8 +885,12 @@ def _batches_dataset(generator_fn, batch_size: int, size: int):
          "spec": tf.TensorSpec((batch_size, SPEC_LENGTH), tf.int32)},
         tf.TensorSpec((batch_size, size, size, 3), tf.uint8),
     )
-    ds = _from_generator(generator_fn, signature)
-    return ds.map(lambda x, y: (x, tf.cast(y, tf.float32) / 127.5 - 1.0))
+    return _from_generator(generator_fn, signature).map(_scale_images)
+
+
+def _scale_images(inputs, images):
+    """The pipeline's map: uint8 images to float32 in [-1, 1], as `to_unit_range` does in numpy."""
+    return inputs, tf.cast(images, tf.float32) / 127.5 - 1.0
 
 
 def make_dataset(batch_size: int = 32, level=2, seed: int = 0, size: int = IMAGE_SIZE,
