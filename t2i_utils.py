@@ -546,7 +546,7 @@ def _render_into(chars: str, spec, size: int, out: np.ndarray | None) -> np.ndar
         table = _colour_table(d["color"], d["backgroundcolor"])
         if out is None:
             out = np.empty((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
-        out[...] = _background_image(d["backgroundcolor"])
+        out[...] = _background_image(d["color"], d["backgroundcolor"])
         np.take(table, cov[row0:row1, col0:col1], axis=0, out=out[row0:row1, col0:col1])
         return out
     f = IMAGE_SIZE // size
@@ -570,9 +570,9 @@ def _colour_table(color: str, backgroundcolor: str) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=None)
-def _background_image(backgroundcolor: str) -> np.ndarray:
-    """A read-only (128, 128, 3) uint8 image of one colour: `_colour_table`'s entry for no ink."""
-    pixel = np.rint(color_rgb(backgroundcolor) * 255.0).astype(np.uint8)
+def _background_image(color: str, backgroundcolor: str) -> np.ndarray:
+    """A read-only (128, 128, 3) uint8 image without ink: `_colour_table`'s entry for coverage 0."""
+    pixel = _colour_table(color, backgroundcolor)[0]
     image = np.ascontiguousarray(np.broadcast_to(pixel, (IMAGE_SIZE, IMAGE_SIZE, 3)))
     image.setflags(write=False)
     return image
@@ -833,8 +833,6 @@ def batch_generator(batch_size: int, level=2, seed: int = 0, size: int = IMAGE_S
 #: glibc ``mallopt`` parameters (malloc.h) and the values `reuse_freed_memory` sets.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 REUSED_MEMORY_BYTES = {"mmap_threshold": 32 << 20, "trim_threshold": 256 << 20}
-#: Whether the pipeline calls `reuse_freed_memory` as it starts (False keeps TensorFlow's malloc setting).
-REUSE_FREED_MEMORY = True
 
 
 @functools.lru_cache(maxsize=None)
@@ -869,11 +867,9 @@ def reuse_freed_memory() -> bool:
 
 
 def _from_generator(generator_fn, signature):
-    """`tf.data.Dataset.from_generator`, calling `reuse_freed_memory` each time the generator starts
-    (unless `REUSE_FREED_MEMORY` is False)."""
+    """`tf.data.Dataset.from_generator`, calling `reuse_freed_memory` each time the generator starts."""
     def batches():
-        if REUSE_FREED_MEMORY:
-            reuse_freed_memory()
+        reuse_freed_memory()
         yield from generator_fn()
     return tf.data.Dataset.from_generator(batches, output_signature=signature)
 
