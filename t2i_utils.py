@@ -855,7 +855,7 @@ def reuse_freed_memory() -> bool:
     of images, each training step's activations) is mapped, faulted in page by page, zeroed and
     unmapped again, thousands of page faults per training step. After this call, buffers up to
     32 MiB come from malloc's heap, and up to 256 MiB of freed heap stays there for the next step
-    (tested: a 6 MiB batch allocated again costs no page faults). `benchmarks/run.py` measures
+    (tested: a batch of images allocated again costs no page faults). `benchmarks/run.py` measures
     in-memory training under both settings side by side. The pipeline calls this as it starts
     (after TensorFlow's setting). Introduced in 01_data_synthesis.
     """

@@ -195,7 +195,10 @@ def test_reuse_freed_memory_stops_page_faults_on_batch_sized_buffers():
     def faults():
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for _ in range(20):
-            np.ones((32, 128, 128, 3), np.float32)  # one float batch of images, 6 MiB
+            # One uint8 batch of images as the pipeline yields it, 1.5 MiB: below the 4 MiB from
+            # which numpy asks for transparent huge pages (a 6 MiB float batch got them in one CI
+            # run: 76 faults), so a fresh mapping is faulted in 4 KiB page by page.
+            np.ones((32, 128, 128, 3), np.uint8)
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
     faults()  # the heap grows once
@@ -205,6 +208,6 @@ def test_reuse_freed_memory_stops_page_faults_on_batch_sized_buffers():
     mallopt(u._M_TRIM_THRESHOLD, 128 << 10)
     mallopt(u._M_MMAP_THRESHOLD, 128 << 10)
     try:
-        assert faults() > 2000  # ~9,800 here: each 6 MiB buffer is faulted in anew
+        assert faults() > 2000  # 20 x 384 pages
     finally:
         u.reuse_freed_memory()
