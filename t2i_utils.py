@@ -884,6 +884,25 @@ def _batches_dataset(generator_fn, batch_size: int, size: int):
     return _from_generator(generator_fn, signature).map(_scale_images)
 
 
+#: Batches each training pipeline keeps ready ahead of the step that consumes them.
+PREFETCH_BATCHES = 2
+
+
+def _prefetched(ds):
+    """The end of every training pipeline: ``PREFETCH_BATCHES`` batches made ahead, in tf.data's
+    background thread, and tf.data's autotuning switched off.
+
+    With autotuning on (tf.data's default), a third to all of the ``fit`` calls on this 2-core
+    machine ran every step at half speed, the two cores taking turns (CPU use 0.9 instead of
+    1.8 cores), even when fed one in-memory batch; with it off, none did. Nothing here has a
+    parameter to tune: one Python generator, one map, a fixed prefetch. `benchmarks/run.py`
+    counts the half-speed blocks both ways. Introduced in 01_data_synthesis.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.prefetch(PREFETCH_BATCHES).with_options(options)
+
+
 def _scale_images(inputs, images):
     """The pipeline's map: uint8 images to float32 in [-1, 1], as `to_unit_range` does in numpy."""
     return inputs, tf.cast(images, tf.float32) / 127.5 - 1.0
@@ -900,7 +919,7 @@ def make_dataset(batch_size: int = 32, level=2, seed: int = 0, size: int = IMAGE
     _check_size(size)
     ds = _batches_dataset(lambda: batch_generator(batch_size, level, seed, size, split, as_uint8=True),
                           batch_size, size)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return _prefetched(ds)
 
 
 # =====================================================================================
@@ -1256,7 +1275,7 @@ def epoch_dataset(state: TrainingState, steps: int, batch_size: int, seed: int,
             yield sample_batch(rng, batch_size, level, size, as_uint8=True, kerned_share=kerned_share)
 
     ds = _batches_dataset(batches, batch_size, size)
-    return ds.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(tf.data.AUTOTUNE)
+    return _prefetched(ds.apply(tf.data.experimental.assert_cardinality(steps)))
 
 
 class _EpochBookkeeping(keras.callbacks.Callback):
@@ -1958,7 +1977,7 @@ def discriminator_dataset(state: TrainingState, steps: int, batch_size: int, see
          **{k: tf.TensorSpec((batch_size,), tf.int32) for k in SPEC_KEYS}},
     )
     ds = _from_generator(batches, signature)
-    return ds.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(tf.data.AUTOTUNE)
+    return _prefetched(ds.apply(tf.data.experimental.assert_cardinality(steps)))
 
 
 def discriminator_probabilities(model: keras.Model, inputs: dict, batch_size: int = 64) -> np.ndarray:
