@@ -892,11 +892,11 @@ def _prefetched(ds):
     """The end of every training pipeline: ``PREFETCH_BATCHES`` batches made ahead, in tf.data's
     background thread, and tf.data's autotuning switched off.
 
-    With autotuning on (tf.data's default), a third to all of the ``fit`` calls on this 2-core
-    machine ran every step at half speed, the two cores taking turns (CPU use 0.9 instead of
-    1.8 cores), even when fed one in-memory batch; with it off, none did. Nothing here has a
-    parameter to tune: one Python generator, one map, a fixed prefetch. `benchmarks/run.py`
-    counts the half-speed blocks both ways. Introduced in 01_data_synthesis.
+    With autotuning on (tf.data's default), from 1 in 20 to all of the ``fit`` calls in a run on this
+    2-core machine ran every step at a half or two thirds of full speed, the cores idle in between
+    (0.9 of 2 cores busy at half speed), even when fed one in-memory batch; with it off, none did.
+    One generator, one map and a fixed prefetch leave nothing to tune. `benchmarks/run.py`
+    counts the slow blocks both ways. Introduced in 01_data_synthesis.
     """
     options = tf.data.Options()
     options.autotune.enabled = False

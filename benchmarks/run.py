@@ -11,8 +11,9 @@ Rows:
 - input pipeline: images/s that the training pipeline delivers vs images/s a training step consumes;
 - training: images/s with the live pipeline vs from an in-memory dataset of distinct batches (the
   pipeline's cost) and vs one in-memory batch repeated, the shipped run's precision and kerned
-  share, in alternating blocks of 10 steps: the median ratio of the pairs where both ran at full
-  speed (`full_speed_pairs`), and the fastest quarter of each (`fastest_quarter`);
+  share, in 48 rounds of alternating blocks of 10 steps: the median ratio of the pairs where both
+  ran at full speed (`full_speed_pairs`) with a bootstrap 90 % interval (`median_interval`), and the
+  fastest quarter of each (`fastest_quarter`);
 - autotuning: how many blocks of in-memory training ran at under 3/4 speed with tf.data's default
   options vs with the pipeline's (autotuning off), alternated;
 - malloc: in-memory training under TensorFlow's malloc setting vs `reuse_freed_memory` (the
@@ -169,6 +170,14 @@ def bench_malloc(steps, rounds, precision, batch_size=32):
     return rates
 
 
+def median_interval(values, level=0.9, resamples=2000, seed=0):
+    """A bootstrap ``level`` interval for the median of ``values`` (resampled with replacement): how
+    far the printed median could move with other blocks of the same run."""
+    rng = np.random.default_rng(seed)
+    medians = np.median(rng.choice(np.asarray(values), (resamples, len(values))), axis=1)
+    return tuple(np.quantile(medians, [(1 - level) / 2, (1 + level) / 2]))
+
+
 def fastest_quarter(values):
     """Mean of the fastest quarter of the blocks: each kind at full speed (see `full_speed_pairs`),
     where the pipeline competes hardest for the CPU, so its cost there is the one that matters."""
@@ -214,7 +223,7 @@ def main():
     fast, slow, ratio = bench_render(rounds=2 if q else 5, n=100 if q else 300)
     rows.append(("rendering, fresh level-2 texts", f"fast {fast * 1e3:.2f} ms/image",
                  f"pyplot figure per image {slow * 1e3:.2f} ms/image", f"{ratio:.1f}x faster"))
-    rounds = 4 if q else 24
+    rounds = 4 if q else 48
     blocks = bench_training(steps=10, rounds=rounds, precision=args.precision)
     pipe = bench_pipeline(10 if q else 40)
     rows.append(("input pipeline vs training need", f"pipeline {pipe:.0f} images/s",
@@ -225,10 +234,12 @@ def main():
         name = "live pipeline" if feed == "live" else "in-memory dataset"
         pairs = full_speed_pairs(blocks[feed], blocks[reference])
         if pairs:
+            costs = [1 - a / b for a, b in pairs]
+            low, high = median_interval(costs)
             rows.append((f"training images/s, {name} vs {label}, pairs at full speed",
                          f"{statistics.median(a for a, _ in pairs):.0f}", f"{statistics.median(b for _, b in pairs):.0f}",
-                         f"{100 * statistics.median(1 - a / b for a, b in pairs):+.1f} % "
-                         f"(median of the {len(pairs)} of {rounds} pairs at full speed)"))
+                         f"{100 * statistics.median(costs):+.1f} % (median of the {len(pairs)} of {rounds} pairs "
+                         f"at full speed; 90 % interval {100 * low:+.1f} to {100 * high:+.1f} %)"))
         top, top_ref = fastest_quarter(blocks[feed]), fastest_quarter(blocks[reference])
         rows.append((f"training images/s, {name} vs {label}, fastest quarter", f"{top:.0f}", f"{top_ref:.0f}",
                      f"{100 * (1 - top / top_ref):+.1f} %"))
