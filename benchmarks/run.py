@@ -70,28 +70,23 @@ def bench_pipeline(batches, batch_size=32):
     return batches * batch_size / (time.perf_counter() - t0)
 
 
-def bench_training(steps, rounds, precision, batch_size=32):
-    """Images/s of the same fit() loop fed by the live pipeline, by an in-memory dataset of distinct
-    batches, and by one in-memory batch repeated, alternated in blocks of ``steps`` steps so all see
-    the same machine load. All three end the way the pipeline does (`t2i_utils._prefetched`).
-
-    The in-memory dataset is what "training from in-memory tensors" means in practice: a fresh
-    batch buffer every step, sliced from tensors in memory by tf.data in C++. One repeated batch
-    is faster still: the step reads the same buffer every time."""
+def new_model(precision):
+    """A fresh, seeded, compiled generator for the training rows."""
     import keras
     keras.utils.set_random_seed(0)
-    model = u.compile_generator(u.build_generator(dtype=precision))
-    state = u.TrainingState(level=2)
-    live = u.epoch_dataset(state, steps, batch_size, seed=0, kerned_share=u.KERNED_SHARE)
-    x, y = u.sample_batch(np.random.default_rng(1), batch_size * steps, 2, kerned_share=u.KERNED_SHARE)
-    dataset = u._prefetched(tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size))
-    one = u._prefetched(tf.data.Dataset.from_tensors(next(iter(dataset))).repeat(steps))
-    feeds = {"live": live, "dataset": dataset, "one batch": one}
+    return u.compile_generator(u.build_generator(dtype=precision))
+
+
+def alternate_blocks(model, feeds, rounds, steps, batch_size, setups=None):
+    """Images/s of ``model.fit`` on each feed in turn, ``rounds`` times, so all see the same machine
+    load; ``setups[name]()`` runs (untimed) before each block of that feed."""
     for ds in feeds.values():
         model.fit(ds.take(3), verbose=0)  # build, trace and start each once
     rates = {name: [] for name in feeds}
     for _ in range(rounds):
         for name, ds in feeds.items():
+            if setups:
+                setups[name]()
             # Collect the previous blocks' garbage here, untimed: a collection that starts inside
             # a block (with a from_generator feed in the rotation) stalled it for 5-45 s once.
             gc.collect()
@@ -101,25 +96,30 @@ def bench_training(steps, rounds, precision, batch_size=32):
     return rates
 
 
+def bench_training(steps, rounds, precision, batch_size=32):
+    """Images/s of the same fit() loop fed by the live pipeline, by an in-memory dataset of distinct
+    batches, and by one in-memory batch repeated, alternated in blocks of ``steps`` steps so all see
+    the same machine load. All three end the way the pipeline does (`t2i_utils._prefetched`).
+
+    The in-memory dataset is what "training from in-memory tensors" means in practice: a fresh
+    batch buffer every step, sliced from tensors in memory by tf.data in C++. One repeated batch
+    is faster still: the step reads the same buffer every time."""
+    model = new_model(precision)
+    state = u.TrainingState(level=2)
+    live = u.epoch_dataset(state, steps, batch_size, seed=0, kerned_share=u.KERNED_SHARE)
+    x, y = u.sample_batch(np.random.default_rng(1), batch_size * steps, 2, kerned_share=u.KERNED_SHARE)
+    dataset = u._prefetched(tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size))
+    one = u._prefetched(tf.data.Dataset.from_tensors(next(iter(dataset))).repeat(steps))
+    return alternate_blocks(model, {"live": live, "dataset": dataset, "one batch": one}, rounds, steps, batch_size)
+
+
 def bench_autotune(steps, rounds, precision, batch_size=32):
     """Images/s of fit() on one in-memory batch with tf.data's default options (autotuning on) and
     as the pipeline ends (`t2i_utils._prefetched`, autotuning off), alternated in blocks."""
-    import keras
-    keras.utils.set_random_seed(0)
-    model = u.compile_generator(u.build_generator(dtype=precision))
     batch = u.sample_batch(np.random.default_rng(0), batch_size, 2)
     default = tf.data.Dataset.from_tensors(batch).repeat(steps).prefetch(tf.data.AUTOTUNE)
     feeds = {"on": default, "off": u._prefetched(tf.data.Dataset.from_tensors(batch).repeat(steps))}
-    for ds in feeds.values():
-        model.fit(ds.take(3), verbose=0)
-    rates = {name: [] for name in feeds}
-    for _ in range(rounds):
-        for name, ds in feeds.items():
-            gc.collect()
-            t0 = time.perf_counter()
-            model.fit(ds, verbose=0)
-            rates[name].append(steps * batch_size / (time.perf_counter() - t0))
-    return rates
+    return alternate_blocks(new_model(precision), feeds, rounds, steps, batch_size)
 
 
 def slow_blocks(rates, below=0.75):
@@ -131,10 +131,10 @@ def slow_blocks(rates, below=0.75):
 def full_speed_pairs(first, second, tolerance=0.1):
     """The rounds where both blocks of a pair ran within ``tolerance`` of their kind's fastest block.
 
-    With tf.data's autotuning on, whole blocks of any feed ran at half speed (`bench_autotune`); the
-    pipeline now switches it off, but a pair with one block slowed by anything else (this machine
-    is shared) compares that, not the feeds; the pairs at full speed compare the feeds where they
-    compete hardest for the two cores.
+    With tf.data's autotuning on, whole blocks of any feed ran at a half or two thirds of full speed
+    (`bench_autotune`); the pipeline now switches it off, but a pair with one block slowed by anything
+    else (this machine is shared) compares that, not the feeds; the pairs at full speed compare the
+    feeds where they compete hardest for the two cores.
     """
     fast1, fast2 = (1 - tolerance) * max(first), (1 - tolerance) * max(second)
     return [(a, b) for a, b in zip(first, second) if a >= fast1 and b >= fast2]
@@ -150,22 +150,12 @@ def tensorflow_malloc_setting():
 def bench_malloc(steps, rounds, precision, batch_size=32):
     """Images/s of fit() on one in-memory batch under TensorFlow's malloc setting and under
     `reuse_freed_memory`, alternated in blocks; None where mallopt is missing (not glibc)."""
-    import keras
     if not tensorflow_malloc_setting():
         return None
-    keras.utils.set_random_seed(0)
-    model = u.compile_generator(u.build_generator(dtype=precision))
     x, y = u.sample_batch(np.random.default_rng(0), batch_size, 2)
     memory = u._prefetched(tf.data.Dataset.from_tensors((x, y)).repeat(steps))
-    model.fit(memory.take(3), verbose=0)
-    rates = {"tensorflow": [], "reuse": []}
-    for _ in range(rounds):
-        for name, apply in (("tensorflow", tensorflow_malloc_setting), ("reuse", u.reuse_freed_memory)):
-            apply()
-            gc.collect()
-            t0 = time.perf_counter()
-            model.fit(memory, verbose=0)
-            rates[name].append(steps * batch_size / (time.perf_counter() - t0))
+    rates = alternate_blocks(new_model(precision), {"tensorflow": memory, "reuse": memory}, rounds, steps, batch_size,
+                             setups={"tensorflow": tensorflow_malloc_setting, "reuse": u.reuse_freed_memory})
     u.reuse_freed_memory()
     return rates
 
