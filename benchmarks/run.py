@@ -15,13 +15,15 @@ Rows:
   ran at full speed (`full_speed_pairs`) with a bootstrap 90 % interval (`median_interval`), and the
   fastest quarter of each (`fastest_quarter`);
 - autotuning: how many blocks of in-memory training ran at under 3/4 speed with tf.data's default
-  options vs with the pipeline's (autotuning off), alternated;
+  options vs with the pipeline's (autotuning off), alternated; and how many epochs of multi-epoch
+  training on the live pipeline did, with the pipeline as it ends now and as it ended before;
 - malloc: in-memory training under TensorFlow's malloc setting vs `reuse_freed_memory` (the
   pipeline's default), alternated in blocks of 10 steps, fastest quarter of each;
 - generate: single-image latency of `generate` (median and 95th percentile), if weights exist;
 - test suite: wall time of the README's test command, `pytest --nbval` (skip with --no-suite).
 """
 import argparse
+import contextlib
 import gc
 import os
 import platform
@@ -122,6 +124,35 @@ def bench_autotune(steps, rounds, precision, batch_size=32):
     return alternate_blocks(new_model(precision), feeds, rounds, steps, batch_size)
 
 
+def bench_epochs(epochs, fits, precision, steps=30, batch_size=32):
+    """Images/s of each epoch of multi-epoch fit() calls on the live pipeline (`epoch_dataset`, a new
+    iterator every epoch, as in `train_generator`), with the pipeline as it ends now (autotuning off)
+    and as it ended before (``prefetch(tf.data.AUTOTUNE)``, autotuning on); ``fits`` calls of each,
+    alternated. The first epoch of each call (tracing) is left out."""
+    from unittest import mock
+    import keras
+
+    class EpochRates(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.rates.append(steps * batch_size / (time.perf_counter() - self.t0))
+            state.epoch += 1
+
+    rates = {"off": [], "on": []}
+    for _ in range(fits):
+        for name in rates:
+            model, state, callback = new_model(precision), u.TrainingState(level=2), EpochRates()
+            callback.rates = []
+            before = mock.patch.object(u, "_prefetched", lambda ds: ds.prefetch(tf.data.AUTOTUNE))
+            with before if name == "on" else contextlib.nullcontext():
+                ds = u.epoch_dataset(state, steps, batch_size, seed=0, kerned_share=u.KERNED_SHARE)
+            model.fit(ds, epochs=epochs + 1, verbose=0, callbacks=[callback])
+            rates[name] += callback.rates[1:]
+    return rates
+
+
 def slow_blocks(rates, below=0.75):
     """How many blocks ran under ``below`` times the fastest block of the run (both kinds)."""
     top = max(max(r) for r in rates.values())
@@ -166,6 +197,11 @@ def median_interval(values, level=0.9, resamples=2000, seed=0):
     rng = np.random.default_rng(seed)
     medians = np.median(rng.choice(np.asarray(values), (resamples, len(values))), axis=1)
     return tuple(np.quantile(medians, [(1 - level) / 2, (1 + level) / 2]))
+
+
+def overall(rates):
+    """Images/s over blocks of equal size: total images over total time (the harmonic mean)."""
+    return len(rates) / sum(1 / r for r in rates)
 
 
 def fastest_quarter(values):
@@ -238,6 +274,13 @@ def main():
     rows.append(("blocks at under 3/4 speed (one in-memory batch)", f"autotuning off: {slow['off']} of {len(autotune['off'])}",
                  f"tf.data default, autotuning on: {slow['on']} of {len(autotune['on'])}",
                  f"fastest quarter {fastest_quarter(autotune['off']):.0f} vs {fastest_quarter(autotune['on']):.0f} images/s"))
+    epochs = bench_epochs(epochs=4 if q else 8, fits=1 if q else 2, precision=args.precision)
+    slow = slow_blocks(epochs)
+    rows.append(("live-pipeline training epochs at under 3/4 speed",
+                 f"autotuning off: {slow['off']} of {len(epochs['off'])}",
+                 f"autotuning on (before): {slow['on']} of {len(epochs['on'])}",
+                 f"images/s over all epochs: {overall(epochs['off']):.0f} vs {overall(epochs['on']):.0f} "
+                 f"({overall(epochs['off']) / overall(epochs['on']):.2f}x)"))
     malloc = bench_malloc(steps=10, rounds=4 if q else 12, precision=args.precision)
     if malloc:
         top_tf, top_reuse = fastest_quarter(malloc["tensorflow"]), fastest_quarter(malloc["reuse"])
@@ -257,6 +300,8 @@ def main():
         print("| " + " | ".join(row) + " |")
     print(f"\nTraining blocks, images/s in running order ({', '.join(blocks)}): "
           + ", ".join("(" + ", ".join(f"{r:.0f}" for r in block) + ")" for block in zip(*blocks.values())))
+    print("\nLive-pipeline epochs, images/s in running order: "
+          + "; ".join(f"autotuning {name}: " + ", ".join(f"{r:.0f}" for r in values) for name, values in epochs.items()))
     print("\nAutotuning blocks, images/s in running order (on, off): "
           + ", ".join(f"({a:.0f}, {b:.0f})" for a, b in zip(autotune["on"], autotune["off"])))
     if malloc:
