@@ -133,22 +133,27 @@ def bench_epochs(epochs, fits, precision, steps=30, batch_size=32):
     import keras
 
     class EpochRates(keras.callbacks.Callback):
+        """Images/s of each epoch; moves ``state`` to the next epoch, as `train_generator` does."""
+        def __init__(self, state):
+            super().__init__()
+            self.state, self.rates = state, []
+
         def on_epoch_begin(self, epoch, logs=None):
             self.t0 = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
             self.rates.append(steps * batch_size / (time.perf_counter() - self.t0))
-            state.epoch += 1
+            self.state.epoch += 1
 
     rates = {"off": [], "on": []}
     for _ in range(fits):
         for name in rates:
-            model, state, callback = new_model(precision), u.TrainingState(level=2), EpochRates()
-            callback.rates = []
+            state = u.TrainingState(level=2)
             before = mock.patch.object(u, "_prefetched", lambda ds: ds.prefetch(tf.data.AUTOTUNE))
             with before if name == "on" else contextlib.nullcontext():
                 ds = u.epoch_dataset(state, steps, batch_size, seed=0, kerned_share=u.KERNED_SHARE)
-            model.fit(ds, epochs=epochs + 1, verbose=0, callbacks=[callback])
+            callback = EpochRates(state)
+            new_model(precision).fit(ds, epochs=epochs + 1, verbose=0, callbacks=[callback])
             rates[name] += callback.rates[1:]
     return rates
 
