@@ -435,12 +435,9 @@ class _MaskRenderer:
                     for b in alphabet:
                         self._short_layout(fname, a + b, flags)
 
-    def coverage(self, chars: str, family: str, weight: str, style: str) -> np.ndarray:
-        """The coverage mask of chars in one font: uint8 (128, 128), 255 = fully inked."""
-        return self.draw(chars, family, weight, style)[0]
-
     def draw(self, chars: str, family: str, weight: str, style: str) -> tuple:
-        """``(coverage, (row0, row1, col0, col1))``: the mask and a box that holds all its ink (the
+        """``(coverage, (row0, row1, col0, col1))``: the coverage mask of chars in one font (uint8
+        128 x 128, 255 = fully inked) and a box that holds all its ink (the
         union of the glyph bitmaps drawn, clipped to the canvas; tested), so colouring can skip
         the rest, most of a level-2 image."""
         min_ascent, min_descent = self._line_metrics(family, weight, style)
